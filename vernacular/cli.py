@@ -20,6 +20,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "export": ("vernacular.interop.cli_export", "export a checkpoint (e.g. to a Hugging Face transformers folder)"),
     "import": ("vernacular.interop.cli_import", "import a Hugging Face DeepseekV3 folder as a Vernacular checkpoint"),
     "serve": ("vernacular.serve.cli", "serve a model with an OpenAI-compatible API and a web chat"),
+    "report": ("vernacular.report", "write the run's report: data, tokenizer parity, training curves, per-language bpb"),
     "speedrun": ("vernacular.speedrun", "run every stage end to end (the one-command demo)"),
 }
 

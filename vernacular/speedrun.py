@@ -1,0 +1,72 @@
+"""`vernacular speedrun`: every stage, end to end, with one command.
+
+Like nanochat's speedrun.sh, this is only the stages in order. Each stage is run through the same CLI entry a user
+would type, and the command is printed first, so anything the speedrun does can be repeated (or changed) by hand.
+The default is the embedded demo corpus and the tiny preset, sized to finish within 15 minutes on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", default="runs/speedrun", help="run directory (default: runs/speedrun)")
+    parser.add_argument(
+        "--data",
+        action="append",
+        default=None,
+        metavar="SOURCE",
+        help="data source, repeatable: 'demo' (default, embedded corpus), a folder of <lang>.txt files, "
+        ".jsonl[.gz|.zst] or .parquet files, or hf:<dataset>[:<config>]",
+    )
+    parser.add_argument("--config", default="tiny", help="model preset or config file (default: tiny)")
+    parser.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget of pretraining (default: 8)")
+    parser.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary size (default: 8192)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="data-stage worker processes (default: 2)")
+
+
+def _run_stage(argv: list[str]) -> None:
+    from vernacular.cli import main as cli_main
+
+    print(f"\n$ vernacular {shlex.join(argv)}", flush=True)
+    started = time.perf_counter()
+    code = cli_main(argv)
+    if code != 0:
+        raise SystemExit(f"speedrun: stage `{argv[0]}` failed with exit code {code}")
+    print(f"[{argv[0]} done in {time.perf_counter() - started:.0f} s]", flush=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    run = args.run_dir
+    started = time.perf_counter()
+    data_args = ["data", "--run-dir", run, "--workers", str(args.workers), "--tasks", str(args.workers)]
+    for source in args.data or ["demo"]:
+        data_args += ["--source", source]
+    _run_stage(data_args)
+    _run_stage(["tokenizer", "--run-dir", run, "--vocab-size", str(args.vocab_size), "--seed", str(args.seed)])
+    _run_stage(
+        ["pretrain", "--run-dir", run, "--config", args.config, "--minutes", str(args.minutes), "--seed", str(args.seed)]
+    )
+    _run_stage(["report", "--run-dir", run])
+
+    minutes = (time.perf_counter() - started) / 60
+    print(
+        f"\nSpeedrun finished in {minutes:.1f} min. Run directory: {run}\n"
+        f"  report:        {run}/report/report.md\n"
+        f"  serve it:      vernacular serve --run-dir {run}   (then open http://127.0.0.1:8000/ to chat)\n"
+        f"  OpenAI client: OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none')\n"
+        f"  transformers:  vernacular export hf --run-dir {run} --out {run}/export/hf",
+        flush=True,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="vernacular speedrun")
+    add_arguments(parser)
+    sys.exit(main(parser.parse_args()))
