@@ -1,0 +1,239 @@
+"""The DeepSeek-V3-style decoder: embeddings -> [MLA + (dense MLP | DeepSeekMoE)] x L -> norm -> lm_head, plus MTP.
+
+Module names mirror transformers' DeepseekV3ForCausalLM (`model.embed_tokens`, `model.layers.{i}.self_attn...`,
+`model.norm`, `lm_head`) so the HF export is a rename-free mapping except for the stacked experts (see `Experts`).
+
+Multi-token prediction (DeepSeek-V3 sec. 2.2): module k (1-based) combines the previous depth's hidden state at
+position t (depth 0 = the main model's final, normalised hidden state, as vLLM's DeepSeek MTP consumes it) with the
+embedding of token t+k, `eh_proj(cat[enorm(emb), hnorm(h)])`, runs one decoder block causally and predicts token
+t+k+1 through the shared `lm_head`. Embeddings and `lm_head` are shared with the main model. MTP runs only when labels
+are given (training); the cached inference path never runs it.
+
+`labels` are targets aligned with `input_ids` (labels[:, t] is the token after input_ids[:, t], -100 = ignore).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import MLA, LatentKVCache
+from .config import ModelConfig
+from .layers import MLP, RMSNorm, RotaryEmbedding
+from .moe import MoE
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # [B, T, V]
+    loss: torch.Tensor | None = None  # main + mtp_loss_weight * mtp + seq_aux_loss_weight * balance
+    main_loss: torch.Tensor | None = None
+    mtp_loss: torch.Tensor | None = None
+    balance_loss: torch.Tensor | None = None
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = MLA(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.is_moe = config.is_moe_layer(layer_idx)
+        self.mlp = MoE(config) if self.is_moe else MLP(config.hidden_size, config.intermediate_size)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: LatentKVCache | None = None,
+        slots: torch.Tensor | None = None,
+        start_pos: torch.Tensor | None = None,
+        want_balance_loss: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.input_layernorm(x)
+        if cache is None:
+            x = x + self.self_attn(h, cos, sin)
+        else:
+            x = x + self.self_attn.forward_cached(h, cos, sin, cache, slots, start_pos)
+        h = self.post_attention_layernorm(x)
+        if self.is_moe:
+            h, balance = self.mlp(h, want_balance_loss)
+            return x + h, balance
+        return x + self.mlp(h), None
+
+
+class Decoder(nn.Module):
+    """The `model.` prefix of the HF layout: embeddings, layers, final norm."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+
+class MTPModule(nn.Module):
+    """One multi-token-prediction depth; exported as `model.layers.{L+k-1}` with `shared_head.norm` = `norm`."""
+
+    def __init__(self, config: ModelConfig, depth: int):
+        super().__init__()
+        self.enorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.hnorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.eh_proj = nn.Linear(2 * config.hidden_size, config.hidden_size, bias=False)
+        self.block = DecoderLayer(config, config.num_hidden_layers + depth - 1)
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, cos, sin, want_balance_loss: bool):
+        """h: previous depth's states [B, T', H]; emb: embeddings of the tokens k ahead [B, T', H]."""
+        x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h)], dim=-1))
+        x, balance = self.block(x, cos, sin, want_balance_loss=want_balance_loss)
+        return self.norm(x), balance
+
+
+class Transformer(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.model = Decoder(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.mtp = nn.ModuleList(MTPModule(config, k) for k in range(1, config.num_nextn_predict_layers + 1))
+        self.rotary = RotaryEmbedding(config)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    # ------------------------------------------------------------------ init
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """DeepSeek/HF init: normal(0, initializer_range) for every matrix, ones for norms, zero balancing bias."""
+        std = self.config.initializer_range
+        for name, p in self.named_parameters():
+            if name.endswith("norm.weight"):  # every RMSNorm: *_layernorm, model.norm, mtp enorm/hnorm/norm
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float32).to(p.dtype) * std)
+        for m in self.modules():
+            if isinstance(m, MoE):
+                m.gate.e_score_correction_bias.zero_()
+                m.expert_counts.zero_()
+        self.rotary.inv_freq.copy_(RotaryEmbedding(self.config).inv_freq)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        cache: LatentKVCache | None = None,
+        slots: torch.Tensor | None = None,
+        start_pos: torch.Tensor | None = None,
+    ) -> ModelOutput:
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        cfg = self.config
+        if cache is not None:
+            if labels is not None:
+                raise ValueError("labels are not supported with a cache (the cached path is for inference)")
+            if slots is None or start_pos is None:
+                raise ValueError("the cached path needs slots [batch] and start_pos [batch]")
+            slots, start_pos = slots.to(input_ids.device).long(), start_pos.to(input_ids.device).long()
+            if slots.shape != (B,):
+                raise ValueError(f"slots must have shape ({B},), got {tuple(slots.shape)}")
+            cache.check(slots, start_pos, T)
+            positions = start_pos[:, None] + torch.arange(T, device=input_ids.device)
+        elif T > cfg.max_position_embeddings:
+            raise ValueError(f"sequence length {T} exceeds max_position_embeddings {cfg.max_position_embeddings}")
+        else:
+            positions = torch.arange(T, device=input_ids.device)[None]
+
+        x = self.model.embed_tokens(input_ids)
+        cos, sin = self.rotary(positions, x.dtype)
+        want_balance = labels is not None and self.training and cfg.seq_aux_loss_weight > 0 and cfg.has_moe
+        balance_losses = []
+        for layer in self.model.layers:
+            x, bal = layer(x, cos, sin, cache, slots, start_pos, want_balance)
+            if bal is not None:
+                balance_losses.append(bal)
+        h = self.model.norm(x)
+        logits = self.lm_head(h)
+        if labels is None:
+            return ModelOutput(logits=logits)
+
+        if labels.shape != input_ids.shape:
+            raise ValueError(f"labels must match input_ids' shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
+        main_loss = _cross_entropy(logits, labels)
+        mtp_loss = None
+        if len(self.mtp) and T > 1:
+            mtp_losses = []
+            emb_ids = labels.clamp_min(0)  # ignored targets still need some embedding; their predictions are ignored
+            for k, module in enumerate(self.mtp, start=1):
+                if T - k < 1:
+                    break
+                emb = self.model.embed_tokens(emb_ids[:, k - 1 : T - 1])
+                h, bal = module(h[:, : T - k], emb, cos[:, : T - k], sin[:, : T - k], want_balance)
+                if bal is not None:
+                    balance_losses.append(bal)
+                mtp_losses.append(_cross_entropy(self.lm_head(h), labels[:, k:]))
+            mtp_loss = torch.stack(mtp_losses).mean()
+        balance_loss = torch.stack(balance_losses).mean() if balance_losses else None
+        loss = main_loss
+        if mtp_loss is not None:
+            loss = loss + cfg.mtp_loss_weight * mtp_loss
+        if balance_loss is not None:
+            loss = loss + cfg.seq_aux_loss_weight * balance_loss
+        return ModelOutput(logits, loss, main_loss, mtp_loss, balance_loss)
+
+    # ------------------------------------------------------------------ balancing
+    def moe_layers(self) -> list[tuple[str, MoE]]:
+        return [(name.removesuffix(".mlp"), m) for name, m in self.named_modules() if isinstance(m, MoE)]
+
+    @torch.no_grad()
+    def update_expert_bias(self) -> None:
+        """Call once per optimizer step: bias += gamma * sign(mean_load - load) per MoE layer, then reset counts."""
+        for _, moe in self.moe_layers():
+            moe.update_bias(self.config.bias_update_speed)
+
+    def expert_load_stats(self) -> dict[str, float]:
+        """max/mean expert load per MoE layer since the last `update_expert_bias` (keys are module paths)."""
+        return {name: moe.load_ratio() for name, moe in self.moe_layers()}
+
+    def num_parameters(self, active: bool = False) -> int:
+        from .info import count_parameters
+
+        total, act = count_parameters(self.config)
+        return act if active else total
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE_INDEX)
+
+
+def build_model(
+    spec: str | dict | ModelConfig = "tiny",
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Transformer:
+    """Seeded model: built on the meta device (no wasted init), materialised on `device`, initialised from `seed`.
+
+    In low precision the router weight and balancing bias stay fp32, as HF keeps them (`_keep_in_fp32_modules`).
+    """
+    config = ModelConfig.load(spec)
+    with torch.device("meta"):
+        model = Transformer(config)
+    model.to_empty(device=device)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.init_weights(torch.Generator().manual_seed(seed))
+    if dtype != torch.float32:
+        model.to(dtype)
+        for _, moe in model.moe_layers():
+            moe.gate.float()
+            moe.expert_counts.data = moe.expert_counts.float()
+    return model
