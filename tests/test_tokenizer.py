@@ -1,0 +1,170 @@
+"""The tokenizer stage on real text: train on NTREX, load with transformers, round-trip, chat template, CLI."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from vernacular.tokenizer import cli as tokenizer_cli
+from vernacular.tokenizer import BOS, END, EOS, PAD, SPECIAL_TOKENS, load, render_chat
+from vernacular.tokenizer.bpe import ParityBPEConfig, train_parity_bpe
+from vernacular.tokenizer.chat import ChatTemplateError
+from vernacular.tokenizer.corpus import read_folder, split_corpus
+from vernacular.tokenizer.train import TokenizerConfig, count_words, skeleton, train_tokenizer
+
+CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+NTREX = CORPORA / "ntrex128"
+FLORES = CORPORA / "flores200-sib"
+
+
+
+def cli(argv: list[str]) -> int:
+    """`vernacular tokenizer ...` through the stage's own parser (the top-level CLI imports every stage)."""
+    import argparse
+
+    assert argv[0] == "tokenizer"
+    parser = argparse.ArgumentParser(prog="vernacular tokenizer")
+    tokenizer_cli.add_arguments(parser)
+    return tokenizer_cli.main(parser.parse_args(argv[1:]))
+
+
+CHAT = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "Καλημέρα! Wie spät ist es?"},
+    {"role": "assistant", "content": "Il est midi."},
+    {"role": "user", "content": "Dziękuję."},
+]
+
+
+@pytest.fixture(scope="module")
+def plain_dir(tmp_path_factory):
+    """A small plain tokenizer trained through the CLI on all 30 NTREX languages."""
+    out = tmp_path_factory.mktemp("tok") / "plain"
+    assert cli(["tokenizer", "--input", str(NTREX), "--out", str(out), "--method", "plain", "--vocab-size", "4000",
+                "--quiet"]) == 0
+    return out
+
+
+def test_files_and_special_token_ids(plain_dir):
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "train_stats.json"):
+        assert (plain_dir / name).exists(), name
+    tok = load(plain_dir)
+    assert tok.get_vocab_size() == 4000
+    assert [tok.token_to_id(s) for s in SPECIAL_TOKENS] == list(range(7))
+    # special tokens are atomic inside text, never split into bytes
+    ids = tok.encode(f"{BOS}hello{END}").ids
+    assert ids[0] == 0 and ids[-1] == SPECIAL_TOKENS.index(END)
+    cfg = json.loads((plain_dir / "tokenizer_config.json").read_text())
+    assert cfg["bos_token"] == BOS and cfg["eos_token"] == EOS and cfg["pad_token"] == PAD
+    assert cfg["tokenizer_class"] == "PreTrainedTokenizerFast" and cfg["model_max_length"] == 2048
+
+
+def test_transformers_loads_and_round_trips_all_languages(plain_dir):
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    fast = PreTrainedTokenizerFast(tokenizer_file=str(plain_dir / "tokenizer.json"))
+    auto = AutoTokenizer.from_pretrained(str(plain_dir))
+    assert auto.bos_token_id == 0 and auto.eos_token_id == 1 and auto.pad_token_id == 2
+    ours = load(plain_dir)
+    flores = read_folder(FLORES)
+    assert len(flores) == 30
+    for lang, lines in flores.items():
+        for line in lines[:200]:
+            ids = auto(line, add_special_tokens=False)["input_ids"]
+            assert ids == ours.encode(line).ids
+            assert auto.decode(ids) == line, lang
+            assert fast.decode(fast(line)["input_ids"]) == line, lang
+        # whole documents too: newlines, emoji and characters outside the training data survive the byte fallback
+        doc = "\n".join(lines[:20]) + " 🙂 ∮ ⅞ \t end"
+        assert ours.decode(ours.encode(doc).ids) == doc, lang
+
+
+def test_chat_template_matches_transformers(plain_dir):
+    from transformers import AutoTokenizer
+
+    auto = AutoTokenizer.from_pretrained(str(plain_dir))
+    for gen in (True, False):
+        ours = render_chat(CHAT, add_generation_prompt=gen)
+        theirs = auto.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=gen)
+        assert theirs == ours
+    text = render_chat(CHAT)
+    assert text.startswith(BOS + "<|system|>\nAnswer briefly.<|end|>\n<|user|>\n")
+    assert text.endswith("<|user|>\nDziękuję.<|end|>\n<|assistant|>\n")
+    ids = auto.apply_chat_template(CHAT, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    assert list(ids) == load(plain_dir).encode(text).ids
+    assert ids.count(SPECIAL_TOKENS.index(END)) == 4
+
+
+def test_chat_rejects_bad_messages():
+    with pytest.raises(ChatTemplateError, match="unknown chat role"):
+        render_chat([{"role": "tool", "content": "x"}])
+    with pytest.raises(ChatTemplateError):
+        render_chat([{"content": "no role"}])
+    with pytest.raises(ChatTemplateError, match="string"):
+        render_chat([{"role": "user", "content": ["a", "b"]}])
+
+
+def test_merge_loop_on_a_hand_checked_example():
+    alphabet = sorted(set("abcd"))
+    words = {"x": Counter({"abab": 3, "abc": 2, "cd": 5})}
+    learned, merges, stats = train_parity_bpe(words, words, alphabet, 0, ParityBPEConfig(vocab_size=7, reference=None),
+                                              progress=False)
+    # (a,b) occurs 3*2 + 2 = 8 times; then (c,d) 5 beats (ab,ab) 3 and (ab,c) 2; then (ab,ab)
+    assert merges == [("a", "b"), ("c", "d"), ("ab", "ab")]
+    assert learned == ["ab", "cd", "abab"]
+    assert stats["dev_tokens"] == {"x": 3 * 1 + 2 * 2 + 5 * 1}
+
+
+def test_incremental_counts_match_hf_encoding():
+    """The loop's running dev token count must equal what HF tokenizers produces with the saved merges."""
+    docs = {lang: read_folder(NTREX)[lang][:400] for lang in ("eng", "ell", "fin", "ukr")}
+    corpus = split_corpus(docs, dev_fraction=0.2)
+    tok, stats = train_tokenizer(corpus, TokenizerConfig(vocab_size=1500, method="parity", target=1.0), progress=False)
+    assert stats["steered_merges"] > 0
+    for lang, dev in corpus.dev.items():
+        assert sum(len(e.ids) for e in tok.encode_batch(dev)) == stats["dev_tokens"][lang], lang
+
+
+def test_unaligned_input_is_balanced_by_characters():
+    docs = {"eng": ["a short line"] * 500, "deu": ["eine etwas längere Zeile hier"] * 2000, "fra": ["une ligne"] * 90}
+    corpus = split_corpus(docs, dev_fraction=0.1)
+    assert not corpus.aligned
+    sizes = {k: sum(len(d) for d in v) for k, v in corpus.train.items()}
+    median = sorted(sizes.values())[1]
+    assert sizes["deu"] <= median + len(docs["deu"][0]) and sizes["deu"] < 2000 * 0.9 * len(docs["deu"][0])
+    assert len(corpus.train["fra"]) == 81  # smaller than the budget: all of it is kept
+    assert corpus.dev["fra"] and corpus.dev["eng"]
+
+
+def test_cli_errors_are_clear(tmp_path):
+    with pytest.raises(SystemExit, match="--input"):
+        cli(["tokenizer", "--out", str(tmp_path / "t")])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "eng.txt").write_bytes(b"ok\n\xff\xfe broken\n")
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        cli(["tokenizer", "--input", str(tmp_path / "bad"), "--out", str(tmp_path / "t"), "--quiet"])
+    with pytest.raises(FileNotFoundError, match="vernacular tokenizer"):
+        load(tmp_path / "nowhere")
+
+
+def test_cli_run_dir_records_stage_and_parity(tmp_path):
+    run = tmp_path / "run"
+    small = tmp_path / "small"
+    small.mkdir()
+    for path in sorted(NTREX.glob("*.txt")):
+        if path.stem in ("eng", "deu", "ell", "pol", "fin"):
+            (small / path.name).write_text("\n".join(path.read_text().splitlines()[:300]) + "\n")
+    assert cli(["tokenizer", "--run-dir", str(run), "--input", str(small), "--vocab-size", "2000",
+                "--parity-eval", str(FLORES), "--no-shards", "--quiet"]) == 0
+    from vernacular.run import RunDir
+
+    rd = RunDir(run)
+    assert (rd.tokenizer / "tokenizer.json").exists() and (rd.tokenizer / "parity.png").stat().st_size > 1000
+    rep = json.loads((rd.tokenizer / "parity.json").read_text())
+    assert rep["languages"] == 30 and rep["per_language"]["eng"]["premium"] == 1.0
+    recorded = rd.read_config()["tokenizer"]
+    assert recorded["method"] == "parity" and recorded["vocab_size"] == 2000
+    assert recorded["max_premium"] == pytest.approx(rep["max_premium"])
