@@ -1,0 +1,299 @@
+"""Transformers round trip: export -> DeepseekV3ForCausalLM.from_pretrained gives our logits; import gives them back."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import argparse
+
+from vernacular.interop import cli_export, cli_import
+from vernacular.interop.hf import (
+    InteropError,
+    export_hf,
+    import_hf,
+    interleaved_to_half,
+    load_checkpoint,
+    permute_rope_rows,
+    save_checkpoint,
+)
+from vernacular.model import ModelConfig, build_model
+
+transformers = pytest.importorskip("transformers", reason="transformers is a dev dependency (pip install -e .[dev])")
+from transformers import DeepseekV3ForCausalLM  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def cli(argv: list[str]) -> int:
+    """`vernacular export|import ...` through the stage's own parser (as vernacular.cli wires it)."""
+    stage, rest = argv[0], argv[1:]
+    module = {"export": cli_export, "import": cli_import}[stage]
+    parser = argparse.ArgumentParser(prog=f"vernacular {stage}")
+    module.add_arguments(parser)
+    return module.main(parser.parse_args(rest))
+
+TINY = dict(
+    vocab_size=320,
+    hidden_size=64,
+    intermediate_size=128,
+    moe_intermediate_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    q_lora_rank=None,
+    kv_lora_rank=32,
+    qk_nope_head_dim=16,
+    qk_rope_head_dim=16,
+    v_head_dim=24,  # differs from the q/k head dim on purpose
+    n_routed_experts=8,
+    n_shared_experts=1,
+    num_experts_per_tok=2,
+    n_group=1,
+    topk_group=1,
+    first_k_dense_replace=1,
+    max_position_embeddings=256,
+    num_nextn_predict_layers=0,
+)
+
+CASES = {
+    "plain-q": {},
+    "q-lora+groups+yarn": dict(
+        q_lora_rank=48,
+        n_group=4,
+        topk_group=2,
+        num_experts_per_tok=3,
+        routed_scaling_factor=2.5,
+        first_k_dense_replace=2,
+        rope_scaling={"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32, "beta_fast": 32,
+                      "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0},
+    ),
+    "no-dense+tied+unnormalised": dict(first_k_dense_replace=0, tie_word_embeddings=True, norm_topk_prob=False,
+                                      n_group=2, topk_group=1, n_shared_experts=2),
+}
+
+
+def make_model(seed: int = 0, **overrides) -> torch.nn.Module:
+    """A tiny model with every weight random: norms away from 1, a random router bias that changes routing."""
+    model = build_model(ModelConfig.from_dict({**TINY, **overrides}), seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if name.endswith("e_score_correction_bias"):
+                t.copy_(torch.randn(t.shape, generator=g) * 0.5)
+            elif "norm" in name:
+                t.copy_(1 + 0.2 * torch.randn(t.shape, generator=g))
+    return model.eval()
+
+
+def tokens(vocab: int, t: int = 40, b: int = 2, seed: int = 0) -> torch.Tensor:
+    return torch.randint(0, vocab, (b, t), generator=torch.Generator().manual_seed(seed))
+
+
+@torch.no_grad()
+def ours(model, ids) -> torch.Tensor:
+    return model(ids).logits
+
+
+@torch.no_grad()
+def theirs(path, ids) -> torch.Tensor:
+    hf = DeepseekV3ForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return hf(input_ids=ids).logits
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_transformers_loads_export_with_same_logits(tmp_path, case):
+    model = make_model(**CASES[case])
+    ids = tokens(model.config.vocab_size)
+    expected = ours(model, ids)
+    out = export_hf(model, tmp_path / "hf")
+
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model_type"] == "deepseek_v3" and cfg["architectures"] == ["DeepseekV3ForCausalLM"]
+    assert cfg["rope_interleave"] is False
+    got = theirs(out, ids)
+    assert (got - expected).abs().max().item() < 1e-4
+
+    back = import_hf(out)
+    assert torch.equal(ours(back, ids), expected)  # bit-identical round trip
+
+
+def test_router_bias_really_matters_and_is_exported_fp32(tmp_path):
+    model = make_model(**CASES["q-lora+groups+yarn"])
+    ids = tokens(model.config.vocab_size)
+    expected = ours(model, ids)
+    unbiased = make_model(**CASES["q-lora+groups+yarn"])
+    with torch.no_grad():
+        for name, t in unbiased.state_dict().items():
+            if name.endswith("e_score_correction_bias"):
+                t.zero_()
+    assert (ours(unbiased, ids) - expected).abs().max() > 1e-3  # routing depends on the bias ...
+    out = export_hf(model, tmp_path / "hf", dtype="bfloat16")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        key = "model.layers.2.mlp.gate.e_score_correction_bias"
+        assert f.get_slice(key).get_dtype() == "F32"  # ... so it stays fp32 even in a bf16 export
+        assert f.get_slice("model.layers.2.mlp.experts.7.down_proj.weight").get_dtype() == "BF16"
+        assert f.get_slice("model.layers.2.mlp.experts.7.gate_proj.weight").get_shape() == [32, 64]
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_mtp_weights_round_trip_in_deepseek_layout(tmp_path):
+    model = make_model(num_nextn_predict_layers=2)
+    out = export_hf(model, tmp_path / "hf")
+    names = load_file(str(out / "model.safetensors")).keys()
+    L = model.config.num_hidden_layers
+    for k in (0, 1):
+        for part in ("enorm.weight", "hnorm.weight", "eh_proj.weight", "shared_head.norm.weight",
+                     "self_attn.kv_b_proj.weight", "mlp.experts.3.up_proj.weight", "embed_tokens.weight",
+                     "shared_head.head.weight"):
+            assert f"model.layers.{L + k}.{part}" in names
+    assert not any(n.startswith("mtp.") for n in names)
+    back = import_hf(out)
+    mine, theirs_sd = model.state_dict(), back.state_dict()
+    assert mine.keys() == theirs_sd.keys()
+    assert all(torch.equal(mine[k], theirs_sd[k]) for k in mine)
+    seq = tokens(model.config.vocab_size, t=21)
+    ids, labels = seq[:, :-1], seq[:, 1:]
+    with torch.no_grad():
+        a, b = model(ids, labels=labels), back(ids, labels=labels)
+    assert torch.equal(a.mtp_loss, b.mtp_loss)
+
+    # transformers' main model loads (ignoring the extra layers) with the same logits, and its MtpModel (speculative
+    # decoding) reads our MTP layers and gives the same MTP loss: depth k sees the previous depth's normalised states
+    # and the embedding of token t+k, and predicts token t+k+1.
+    from transformers.modeling_layers import MtpModel
+
+    hf = DeepseekV3ForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    hf._keys_to_ignore_on_load_unexpected = [rf"model\.layers\.{L + k}\..*" for k in range(2)]
+    mtp = MtpModel.from_pretrained(hf).eval()
+    T = ids.shape[1]
+    with torch.no_grad():
+        out_hf = hf.model(input_ids=ids)
+        assert (hf.lm_head(out_hf.last_hidden_state) - a.logits).abs().max().item() < 1e-4
+        h, losses = out_hf.last_hidden_state, []
+        for k in (1, 2):
+            pos = torch.arange(T - k)[None]
+            h = mtp.forward_layer(k - 1, h[:, : T - k], pos, None, input_ids=labels[:, k - 1 : T - 1])
+            logits = hf.lm_head(h)
+            losses.append(torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels[:, k:].flatten()))
+    assert abs(torch.stack(losses).mean().item() - a.mtp_loss.item()) < 1e-5
+
+
+def test_interleaved_rope_folder_imports_to_same_logits(tmp_path):
+    """DeepSeek's release stores RoPE rows interleaved; we permute them to halves on import."""
+    model = make_model(**CASES["q-lora+groups+yarn"])
+    ids = tokens(model.config.vocab_size)
+    expected = ours(model, ids)
+    out = export_hf(model, tmp_path / "hf")
+    state = load_file(str(out / "model.safetensors"))
+    to_interleaved = torch.argsort(interleaved_to_half(model.config.qk_rope_head_dim))
+    interleaved = permute_rope_rows(state, model.config, to_interleaved)
+    changed = [k for k in state if not torch.equal(state[k], interleaved[k])]
+    assert changed and all("q_b_proj" in k or "kv_a_proj_with_mqa" in k for k in changed)
+    save_file(interleaved, str(out / "model.safetensors"))
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["rope_interleave"] = True
+    (out / "config.json").write_text(json.dumps(cfg))
+
+    assert (theirs(out, ids) - expected).abs().max().item() < 1e-4  # transformers reads it interleaved
+    assert torch.equal(ours(import_hf(out), ids), expected)  # we permute back exactly
+
+
+def test_corrupt_and_mismatched_folders_give_clear_errors(tmp_path):
+    model = make_model()
+    out = export_hf(model, tmp_path / "hf")
+    weights = out / "model.safetensors"
+    good = weights.read_bytes()
+
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(InteropError, match="corrupt or truncated"):
+        import_hf(out)
+
+    weights.write_bytes(good)
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "kv_lora_rank": 16}))
+    with pytest.raises(InteropError, match=r"shape mismatches.*kv_a_layernorm"):
+        import_hf(out)
+
+    (out / "config.json").write_text(json.dumps({**cfg, "quantization_config": {"quant_method": "fp8"}}))
+    with pytest.raises(InteropError, match="FP8"):
+        import_hf(out)
+
+    (out / "config.json").write_text(json.dumps(cfg))
+    state = load_file(str(weights))
+    del state["model.layers.1.mlp.experts.5.up_proj.weight"]
+    save_file(state, str(weights))
+    with pytest.raises(InteropError, match=r"missing \[5\]"):
+        import_hf(out)
+
+
+def _tokenizer(path: Path) -> Path:
+    """A small BPE tokenizer trained on real text (ntrex128), with Vernacular's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    texts = []
+    for lang in ("eng", "deu", "fra", "pol"):
+        f = SHARED / "corpora" / "ntrex128" / f"{lang}.txt"
+        if f.exists():
+            texts += f.read_text(encoding="utf-8").splitlines()[:300]
+    assert texts, f"no training text under {SHARED / 'corpora' / 'ntrex128'}"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    special = ["<|begin_of_text|>", "<|end_of_text|>", "<|pad|>", "<|end|>"]
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=TINY["vocab_size"], special_tokens=special,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    path.mkdir(parents=True)
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
+        "eos_token": "<|end_of_text|>", "pad_token": "<|pad|>", "model_max_length": 256}))
+    return path
+
+
+def test_cli_export_run_dir_with_tokenizer_then_import(tmp_path, capsys):
+    run = tmp_path / "run"
+    tok_dir = _tokenizer(run / "tokenizer")
+    model = make_model(num_nextn_predict_layers=1)
+    save_checkpoint(model, run / "checkpoints" / "step_000010")
+    older = make_model(seed=3)
+    save_checkpoint(older, run / "checkpoints" / "step_000002")
+
+    assert cli(["export", "hf", "--run-dir", str(run)]) == 0
+    out = run / "export" / "hf"
+    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json",
+                 "tokenizer_config.json", "README.md"):
+        assert (out / name).exists(), name
+    cfg = json.loads((out / "config.json").read_text())
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
+    assert cfg["bos_token_id"] == tok.token_to_id("<|begin_of_text|>")
+    assert cfg["eos_token_id"] == [tok.token_to_id("<|end_of_text|>"), tok.token_to_id("<|end|>")]
+    assert json.loads((out / "generation_config.json").read_text())["eos_token_id"] == cfg["eos_token_id"]
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "Die Katze schläft auf dem warmen Fensterbrett."
+    ids = torch.tensor([hf_tok(text)["input_ids"]])
+    assert hf_tok.decode(ids[0]) == text
+    assert (theirs(out, ids) - ours(model, ids)).abs().max().item() < 1e-4  # the latest step, not step 2
+
+    ckpt = tmp_path / "imported"
+    assert cli(["import", "hf", str(out), "--out", str(ckpt)]) == 0
+    assert torch.equal(ours(load_checkpoint(ckpt), ids), ours(model, ids))
+
+    run2 = tmp_path / "run2"
+    assert cli(["import", "hf", str(out), "--run-dir", str(run2)]) == 0
+    assert (run2 / "tokenizer" / "tokenizer.json").exists()
+    assert torch.equal(ours(load_checkpoint(run2 / "checkpoints" / "step_000000"), ids), ours(model, ids))
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    assert cli(["import", "hf", str(tmp_path), "--out", str(tmp_path / "x")]) == 1
+    assert "no config.json" in capsys.readouterr().err
+    assert cli(["export", "hf", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
+    assert "does not exist" in capsys.readouterr().err

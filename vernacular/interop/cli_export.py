@@ -1,0 +1,48 @@
+"""`vernacular export hf`: a checkpoint -> a folder transformers loads as DeepseekV3ForCausalLM."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="format", metavar="<format>", required=True)
+    hf = sub.add_parser("hf", help="Hugging Face transformers folder (config.json, model.safetensors, tokenizer)")
+    source = hf.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run-dir", help="run directory: exports its latest checkpoint and its tokenizer")
+    source.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + state.json or config.json)")
+    hf.add_argument("--out", help="output folder (default with --run-dir: <run>/export/hf)")
+    hf.add_argument("--tokenizer", help="tokenizer folder to include (default with --run-dir: <run>/tokenizer)")
+    hf.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="weight dtype (default float32)")
+
+
+def main(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from vernacular.interop.hf import InteropError, export_hf, latest_checkpoint, load_checkpoint
+    from vernacular.run import RunDir
+
+    try:
+        run = RunDir(args.run_dir) if args.run_dir else None
+        ckpt = latest_checkpoint(run.root) if run else Path(args.checkpoint)
+        out = Path(args.out) if args.out else (run.export / "hf" if run else None)
+        if out is None:
+            print("error: --out is required with --checkpoint", file=sys.stderr)
+            return 2
+        tokenizer = Path(args.tokenizer) if args.tokenizer else (run.tokenizer if run else None)
+        if tokenizer is not None and not (tokenizer / "tokenizer.json").exists():
+            if args.tokenizer:
+                print(f"error: {tokenizer} has no tokenizer.json", file=sys.stderr)
+                return 2
+            tokenizer = None
+        model = load_checkpoint(ckpt)
+        export_hf(model, out, tokenizer_dir=tokenizer, dtype=args.dtype)
+    except InteropError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if run:
+        run.record_stage("export", {"format": "hf", "checkpoint": str(ckpt), "out": str(out), "dtype": args.dtype})
+    print(f"exported {ckpt} -> {out}" + (" (with tokenizer)" if tokenizer else " (no tokenizer)"))
+    print(f"load it with: transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
