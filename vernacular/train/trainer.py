@@ -1,0 +1,386 @@
+"""The pretraining loop: one function, `train(run_dir, cfg)`, used by `vernacular pretrain` and `vernacular speedrun`.
+
+Shape of a step (nanoGPT / torchtitan style): `grad_accum` micro-batches forward+backward (gradient sync only on the
+last), clip, one step of each optimizer (Muon + AdamW), then the MoE routing-bias update from the step's global expert
+loads, then logging, evaluation and checkpointing at their intervals.
+
+Exact resume is a design constraint, not a test trick: the LR and MTP weight are pure functions of (step, progress),
+the data position and every RNG are in the checkpoint, optimizer tensors are saved bit for bit, and nothing reads the
+clock in step mode. So a run killed at any point and resumed from its last checkpoint produces the same losses, bit for
+bit on CPU, as one that never stopped. A time budget (`--minutes`) is by nature not reproducible: there the progress
+is elapsed/budget (carried over through resumes) and the run stops when the budget is spent, then evaluates and saves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vernacular.run import RunDir, write_json
+
+from . import checkpoint as ckpt
+from .distributed import (DistInfo, all_gather_json, all_reduce_mean, all_reduce_sum, barrier, init_distributed,
+                          unwrap, wrap_model)
+from .metrics import MetricsLogger, evaluate_bpb, peak_flops
+from .optim import OptimConfig, build_optimizers
+from .schedule import ScheduleConfig, lr_factor, mtp_weight
+
+
+@dataclass
+class TrainConfig:
+    model: Any = "tiny"  # preset name, config path, dict or ModelConfig
+    steps: int | None = None  # optimizer steps; with `minutes` the run stops at whichever comes first
+    minutes: float | None = None  # wall-clock budget for the training loop (final eval + checkpoint come after)
+    batch_size: int = 8  # sequences per micro-batch per rank
+    seq_len: int = 256
+    grad_accum: int = 1
+    tokens_per_step: int | None = None  # if set, grad_accum = tokens_per_step / (batch_size * seq_len * world_size)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    clip: float = 1.0
+    eval_every: int = 0  # 0: evaluate only at the end
+    eval_batches: int = 8  # val batches per language
+    save_every: int = 0  # 0: save only at the end
+    keep_last: int = 3
+    resume: bool = False
+    compile: bool = False
+    distributed: str | None = None  # ddp | fsdp (only under torchrun)
+    tensorboard: bool = False
+    seed: int = 0
+    dtype: str = "auto"  # auto | fp32 | bf16 (autocast)
+    device: str = "auto"
+    peak_tflops: float | None = None  # for MFU; default: known GPU peak, or a measured matmul rate on CPU
+    progress: bool = True
+
+    def __post_init__(self):
+        if isinstance(self.optim, dict):
+            self.optim = OptimConfig(**self.optim)
+        if isinstance(self.schedule, dict):
+            self.schedule = ScheduleConfig(**self.schedule)
+        if self.steps is None and self.minutes is None:
+            raise ValueError("give a training length: steps or minutes (or both)")
+        if self.steps is not None and self.steps <= 0:
+            raise ValueError(f"steps must be positive, got {self.steps}")
+        if self.minutes is not None and self.minutes <= 0:
+            raise ValueError(f"minutes must be positive, got {self.minutes}")
+        for name in ("batch_size", "seq_len", "grad_accum"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if not isinstance(self.model, (str, dict)):
+            d["model"] = self.model.to_dict() if hasattr(self.model, "to_dict") else str(self.model)
+        return d
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _autocast_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast on CUDA; on CPU fp32 unless asked (bf16 autocast measured slower on CPUs without AMX: docs)."""
+    if cfg.dtype == "bf16" or (cfg.dtype == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _tokenizer_vocab_size(run: RunDir) -> int | None:
+    path = run.tokenizer / "tokenizer.json"
+    if not path.exists():
+        return None
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(path)).get_vocab_size()
+
+
+def _resolve_model_config(cfg: TrainConfig, run: RunDir, resume_state: dict | None):
+    from vernacular.model import ModelConfig
+
+    if resume_state is not None:  # the checkpoint's architecture wins: its weights only fit that shape
+        return ModelConfig.from_dict(resume_state["model_config"])
+    config = ModelConfig.load(cfg.model)
+    vocab = _tokenizer_vocab_size(run)
+    if vocab is not None and vocab != config.vocab_size:
+        print(f"model vocab_size {config.vocab_size} -> {vocab} to match {run.tokenizer / 'tokenizer.json'}",
+              file=sys.stderr, flush=True)
+        config = ModelConfig.from_dict({**config.to_dict(), "vocab_size": vocab})
+    return config
+
+
+def _state_dict_options():
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def _set_lr(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
+
+
+def _sync_expert_counts(model: torch.nn.Module, info: DistInfo) -> None:
+    """Make each rank's per-expert token counts the global ones, so every rank applies the same bias update."""
+    if not info.enabled:
+        return
+    counts = [b for name, b in model.named_buffers() if name.endswith("expert_counts")]
+    if counts:
+        flat = torch.cat([c.reshape(-1).float() for c in counts])
+        all_reduce_sum(flat, info)
+        offset = 0
+        for c in counts:
+            c.copy_(flat[offset: offset + c.numel()].view_as(c).to(c.dtype))
+            offset += c.numel()
+
+
+def train(run_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
+    """Pretrain on RunDir(run_dir)'s token shards; returns the final metrics (also in metrics/val.json)."""
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
+    from tqdm import tqdm
+
+    from vernacular.data.loader import TokenLoader, languages
+    from vernacular.model import build_model
+    from vernacular.model.info import flops_per_token
+
+    info = init_distributed(cfg.device)
+    run = RunDir(run_dir)
+    tokens_dir = run.require(run.tokens, "data")
+    _seed_everything(cfg.seed)
+
+    # ---- resume point (every rank reads the same files; rank 0 alone prints warnings) ----
+    resume_path = resume_state = None
+    if cfg.resume:
+        resume_path = ckpt.find_resumable(run.checkpoints, warn=(None if info.is_main else (lambda _m: None)))
+        if resume_path is None:
+            if info.is_main:
+                print(f"no usable checkpoint in {run.checkpoints}: starting from scratch", file=sys.stderr, flush=True)
+        else:
+            model_sd, optim_sd, resume_state = ckpt.load_checkpoint(resume_path)
+
+    config = _resolve_model_config(cfg, run, resume_state)
+    model = build_model(config, seed=cfg.seed).to(info.device)
+    model.train()
+    if cfg.compile:
+        model.compile()
+    model = wrap_model(model, cfg.distributed, info)
+    raw = unwrap(model)
+    optimizers = build_optimizers(raw, cfg.optim)
+    options = _state_dict_options()
+
+    step, tokens_seen, elapsed_before = 0, 0, 0.0
+    if resume_state is not None:
+        set_model_state_dict(raw, model_sd, options=options)
+        set_optimizer_state_dict(raw, optimizers, optim_sd, options=options)
+        del model_sd, optim_sd
+        step, tokens_seen = resume_state["step"], resume_state["tokens"]
+        elapsed_before = resume_state.get("elapsed_s", 0.0)
+        ckpt.set_rng_state(resume_state["rng"])
+
+    micro_tokens = cfg.batch_size * cfg.seq_len * info.world_size
+    grad_accum = cfg.grad_accum
+    if cfg.tokens_per_step:
+        if cfg.tokens_per_step % micro_tokens:
+            raise ValueError(f"--tokens-per-step {cfg.tokens_per_step} is not a multiple of batch_size*seq_len*"
+                             f"world_size = {micro_tokens}")
+        grad_accum = cfg.tokens_per_step // micro_tokens
+    step_tokens = micro_tokens * grad_accum
+
+    loader = TokenLoader(tokens_dir, split="train", batch_size=cfg.batch_size, seq_len=cfg.seq_len, rank=info.rank,
+                         world_size=info.world_size, seed=cfg.seed)
+    if resume_state is not None:
+        states = resume_state["loader"]
+        if len(states) == info.world_size:
+            loader.load_state_dict(states[info.rank])
+        else:
+            loader.load_state_dict(_reshard_loader_state(states, info))
+
+    val_langs = languages(tokens_dir, "val")
+    autocast_dtype = _autocast_dtype(cfg, info.device)
+    flops_tok = flops_per_token(config, cfg.seq_len)
+    peak = peak_flops(info.device, cfg.peak_tflops) * info.world_size
+
+    logger = None
+    if info.is_main:
+        ckpt.remove_stale_temporaries(run.checkpoints)
+        logger = MetricsLogger(run.metrics / "train.jsonl", run.metrics / "tensorboard" if cfg.tensorboard else None)
+        if resume_state is not None:
+            logger.truncate_after(step)
+            print(f"resumed from {resume_path} (step {step}, {tokens_seen:,} tokens)", file=sys.stderr, flush=True)
+        else:
+            logger.truncate_after(0)  # a fresh run in an old run dir must not append to a previous curve
+        run.record_stage("pretrain", {**cfg.to_dict(), "grad_accum": grad_accum, "tokens_per_step": step_tokens,
+                                      "world_size": info.world_size, "model_config": config.to_dict()})
+
+    budget_s = cfg.minutes * 60 if cfg.minutes else None
+
+    def progress_of(s: int, elapsed: float) -> float:
+        parts = []
+        if cfg.steps:
+            parts.append(s / cfg.steps)
+        if budget_s:
+            parts.append(elapsed / budget_s)
+        return min(1.0, max(parts))
+
+    def save(s: int, elapsed: float) -> Path | None:
+        model_state = get_model_state_dict(raw, options=options)
+        optim_state = get_optimizer_state_dict(raw, optimizers, options=options)
+        loader_states = all_gather_json(loader.state_dict(), info)
+        path = None
+        if info.is_main:
+            state = {"step": s, "tokens": tokens_seen, "elapsed_s": elapsed, "rng": ckpt.rng_state(),
+                     "loader": loader_states, "world_size": info.world_size, "model_config": config.to_dict(),
+                     "train_config": cfg.to_dict(), "grad_accum": grad_accum}
+            path = ckpt.save_checkpoint(run.checkpoints, s, model_state, optim_state, state, keep_last=cfg.keep_last)
+        barrier(info)
+        return path
+
+    def run_eval() -> dict[str, float]:
+        return evaluate_bpb(model, tokens_dir, max_batches=cfg.eval_batches, batch_size=cfg.batch_size,
+                            seq_len=cfg.seq_len, langs=val_langs, device=info.device, autocast_dtype=autocast_dtype,
+                            rank=info.rank, world_size=info.world_size)
+
+    bar = None
+    if info.is_main and cfg.progress:
+        bar = tqdm(total=cfg.steps, initial=step if cfg.steps else 0, unit="step", dynamic_ncols=True,
+                   desc="pretrain", file=sys.stderr)
+    seg_start = time.perf_counter()
+    last_saved = step if resume_state is not None else -1
+    last_loss = float("nan")
+    val: dict[str, float] = {}
+
+    def elapsed_now() -> float:
+        return elapsed_before + time.perf_counter() - seg_start
+
+    while True:
+        elapsed = elapsed_now()
+        if (cfg.steps and step >= cfg.steps) or (budget_s and elapsed >= budget_s):
+            break
+        t0 = time.perf_counter()
+        progress = progress_of(step, elapsed)
+        lr = cfg.optim.lr * lr_factor(cfg.schedule, step, progress)
+        w_mtp = mtp_weight(cfg.schedule, progress)
+        _set_lr(optimizers, lr)
+
+        sums = torch.zeros(4, dtype=torch.float64)  # loss, main, mtp, balance
+        for micro in range(grad_accum):
+            batch = loader.next_batch().to(info.device, non_blocking=True)
+            x, y = batch[:, :-1], batch[:, 1:]
+            with _grad_sync(model, micro == grad_accum - 1, info):
+                with torch.autocast(info.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                    out = model(x, labels=y)
+                loss = out.main_loss
+                if out.mtp_loss is not None:
+                    loss = loss + w_mtp * out.mtp_loss
+                if out.balance_loss is not None and config.seq_aux_loss_weight > 0:
+                    loss = loss + config.seq_aux_loss_weight * out.balance_loss
+                (loss / grad_accum).backward()
+            parts = [loss, out.main_loss, out.mtp_loss, out.balance_loss]
+            sums += torch.tensor([float(p.detach()) if p is not None else 0.0 for p in parts], dtype=torch.float64)
+        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))
+        if hasattr(grad_norm, "full_tensor"):
+            grad_norm = grad_norm.full_tensor()
+        for opt in optimizers:
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        _sync_expert_counts(raw, info)
+        load_stats = raw.expert_load_stats()
+        raw.update_expert_bias()
+        step += 1
+        tokens_seen += step_tokens
+
+        sums = all_reduce_mean((sums / grad_accum).to(info.device), info).cpu()
+        if info.device.type == "cuda":
+            torch.cuda.synchronize(info.device)
+        dt = time.perf_counter() - t0
+        tok_s = step_tokens / dt
+        last_loss = float(sums[0])
+        if info.is_main:
+            record = {"step": step, "tokens": tokens_seen, "loss": last_loss, "main_loss": float(sums[1]),
+                      "mtp_loss": float(sums[2]), "balance_loss": float(sums[3]), "lr": lr, "mtp_weight": w_mtp,
+                      "grad_norm": float(grad_norm), "tok_per_s": tok_s, "mfu": flops_tok * tok_s / peak,
+                      "step_time_s": dt, "elapsed_s": elapsed_now(), "expert_load_max_mean": load_stats}
+            logger.log(record)
+            if bar is not None:
+                remaining = _eta(cfg, step, elapsed_now(), budget_s, seg_start, elapsed_before, resume_step=last_saved)
+                bar.set_postfix(loss=f"{last_loss:.3f}", tok=f"{tokens_seen:,}", tok_s=f"{tok_s:,.0f}",
+                                eta=remaining, refresh=False)
+                bar.update(1)
+
+        final = (cfg.steps and step >= cfg.steps) or (budget_s and elapsed_now() >= budget_s)
+        if cfg.eval_every and step % cfg.eval_every == 0 and not final:
+            val = run_eval()
+            if info.is_main:
+                logger.log({"step": step, "tokens": tokens_seen, "val_bpb": val, "val_bpb_mean": _mean(val)})
+        if cfg.save_every and step % cfg.save_every == 0 and not final:
+            save(step, elapsed_now())
+            last_saved = step
+
+    if bar is not None:
+        bar.close()
+    train_elapsed = elapsed_now()
+    val = run_eval()
+    path = save(step, train_elapsed) if last_saved != step else run.checkpoints / ckpt.step_dir_name(step)
+    result = {"step": step, "tokens": tokens_seen, "train_loss": last_loss, "val_bpb": val, "val_bpb_mean": _mean(val),
+              "elapsed_s": train_elapsed, "checkpoint": str(path)}
+    if info.is_main:
+        logger.log({"step": step, "tokens": tokens_seen, "val_bpb": val, "val_bpb_mean": _mean(val)})
+        logger.close()
+        write_json(run.metrics / "val.json", result)
+    return result
+
+
+def _mean(values: dict[str, float]) -> float | None:
+    return sum(values.values()) / len(values) if values else None
+
+
+def _eta(cfg: TrainConfig, step: int, elapsed: float, budget_s: float | None, seg_start: float,
+         elapsed_before: float, resume_step: int) -> str:
+    remaining = []
+    if budget_s:
+        remaining.append(budget_s - elapsed)
+    if cfg.steps:
+        seg_steps = step - max(resume_step, 0)
+        seg_time = elapsed - elapsed_before
+        if seg_steps > 0:
+            remaining.append((cfg.steps - step) * seg_time / seg_steps)
+    if not remaining:
+        return "?"
+    s = max(0, int(min(remaining)))
+    return f"{s // 60}:{s % 60:02d}"
+
+
+def _grad_sync(model: torch.nn.Module, sync: bool, info: DistInfo):
+    """Skip the gradient all-reduce / reduce-scatter on all but the last micro-batch of a step."""
+    if info.enabled and isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return contextlib.nullcontext() if sync else model.no_sync()
+    if info.enabled and hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(sync)
+    return contextlib.nullcontext()
+
+
+def _reshard_loader_state(states: list[dict], info: DistInfo) -> dict:
+    """A checkpoint from a different world size: continue from the furthest position any rank had reached."""
+    from vernacular.data.loader import TokenLoader
+
+    if hasattr(TokenLoader, "reshard_state"):
+        return TokenLoader.reshard_state(states, info.rank, info.world_size)
+    if info.is_main:
+        print(f"note: checkpoint was written by {len(states)} ranks, resuming on {info.world_size}; "
+              "the data position restarts from rank 0's state", file=sys.stderr, flush=True)
+    return states[0]
