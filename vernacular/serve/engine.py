@@ -130,11 +130,15 @@ class Engine:
             self._thread.start()
         return self
 
-    def stop(self) -> None:
-        """Finish every queued and running request with reason "abort", then end the scheduler thread."""
+    def request_stop(self) -> None:
+        """Ask the scheduler to stop after its current step, without waiting (safe from a signal handler)."""
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
+
+    def stop(self) -> None:
+        """Finish every queued and running request with reason "abort", then end the scheduler thread."""
+        self.request_stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
         self._thread = None

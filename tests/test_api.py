@@ -1,0 +1,231 @@
+"""The HTTP API in-process (FastAPI TestClient): OpenAI shapes, lm-eval's echo/logprobs contract, streaming, and
+4xx errors in OpenAI's shape for every kind of client mistake."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from serve_helpers import FLORES, LiveServer, make_run
+from vernacular.serve.api import ServerLimits, create_app
+from vernacular.serve.engine import Engine
+from vernacular.serve.loading import find_tokenizer_dir, load_model_for_serving
+from vernacular.serve.text import ServingTokenizer
+
+MODEL = "tiny-test"
+
+
+@pytest.fixture(scope="module")
+def engine_factory(tmp_path_factory):
+    run = make_run(tmp_path_factory.mktemp("api_run"))
+
+    def make(**kw):
+        model, ckpt = load_model_for_serving(run)
+        return Engine(model, ServingTokenizer(find_tokenizer_dir(ckpt, run)), max_model_len=256, **kw)
+
+    return make
+
+
+@pytest.fixture(scope="module")
+def client(engine_factory):
+    engine = engine_factory(max_batch=4)
+    with TestClient(create_app(engine, model_name=MODEL, limits=ServerLimits(max_tokens_limit=200))) as c:
+        c.engine = engine
+        yield c
+
+
+def assert_openai_error(resp, status, code=None):
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    assert isinstance(err["message"], str) and err["message"]
+    if code is not None:
+        assert err["code"] == code
+    return err
+
+
+def sse_events(text: str) -> list:
+    lines = [ln[len("data: "):] for ln in text.split("\n\n") if ln.startswith("data: ")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(x) for x in lines[:-1]]
+
+
+def flores(lang, i=0):
+    return (FLORES / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[i]
+
+
+def test_models_health_and_tokenizer_endpoints(client):
+    models = client.get("/v1/models").json()
+    assert models["data"][0]["id"] == MODEL and models["object"] == "list"
+    assert client.get(f"/v1/models/{MODEL}").json()["id"] == MODEL
+    assert_openai_error(client.get("/v1/models/gpt-4"), 404, "model_not_found")
+    assert client.get("/health").json()["status"] == "ok"
+    text = flores("ell")
+    tok = client.post("/tokenize", json={"prompt": text, "add_special_tokens": False}).json()
+    assert tok["count"] == len(tok["tokens"]) > 5 and tok["max_model_len"] == 256
+    assert client.post("/detokenize", json={"tokens": tok["tokens"]}).json()["prompt"] == text
+    chat = client.post("/tokenize", json={"messages": [{"role": "user", "content": "Hi"}]}).json()
+    info = client.get("/tokenizer_info").json()
+    assert chat["tokens"][0] == info["bos_token_id"] and chat["tokens"][-2] == client.engine.tokenizer.encode(
+        "<|assistant|>")[0]  # fmt: skip
+    assert client.post("/detokenize", json={"tokens": chat["tokens"]}).json()["prompt"] == "\nHi\n\n"
+    assert info["eos_token"] == "<|end_of_text|>" and "<|assistant|>" in info["chat_template"]
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize"} <= set(spec["paths"])
+
+
+@pytest.mark.parametrize("max_tokens", [0, 1])
+def test_echo_logprobs_as_lm_eval_needs_them(client, max_tokens):
+    text = flores("deu", 3)
+    ids = client.engine.tokenizer.encode(text)
+    for prompt in (text, ids):
+        body = {"model": MODEL, "prompt": prompt, "max_tokens": max_tokens, "logprobs": 1, "echo": True,
+                "temperature": 0}  # fmt: skip
+        choice = client.post("/v1/completions", json=body).json()["choices"][0]
+        lp = choice["logprobs"]
+        n = len(ids) + max_tokens
+        assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == n
+        assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+        assert all(isinstance(d, dict) and d for d in lp["top_logprobs"][1:])
+        assert lp["text_offset"] == sorted(lp["text_offset"]) and lp["text_offset"][0] == 0
+        assert choice["text"].startswith(text)
+        with torch.no_grad():
+            logp = torch.log_softmax(client.engine.model(torch.tensor([ids])).logits[0].float(), -1)
+        want = [float(logp[t - 1, ids[t]]) for t in range(1, len(ids))]
+        assert lp["token_logprobs"][1 : len(ids)] == pytest.approx(want, abs=1e-4)
+        # lm-eval's is_greedy check: the chosen token's logprob compared with max(top_logprobs)
+        for t in range(1, len(ids)):
+            greedy = int(logp[t - 1].argmax()) == ids[t]
+            assert (lp["token_logprobs"][t] == max(lp["top_logprobs"][t].values())) == greedy
+
+
+def test_completions_prompt_forms_n_seed_and_usage(client):
+    a, b = flores("eng", 1), flores("fin", 1)
+    res = client.post("/v1/completions", json={"prompt": [a, b], "max_tokens": 5, "temperature": 0}).json()
+    assert [c["index"] for c in res["choices"]] == [0, 1]
+    ids_a = client.engine.tokenizer.encode(a)
+    single = client.post("/v1/completions", json={"prompt": ids_a, "max_tokens": 5, "temperature": 0}).json()
+    assert single["choices"][0]["text"] == res["choices"][0]["text"]
+    nested = client.post("/v1/completions", json={"prompt": [ids_a], "max_tokens": 5, "temperature": 0}).json()
+    assert nested["choices"][0]["text"] == res["choices"][0]["text"]
+    assert res["usage"]["completion_tokens"] == 10 or res["choices"][0]["finish_reason"] == "stop"
+    body = {"prompt": a, "max_tokens": 8, "temperature": 1.0, "seed": 7, "n": 3, "ignore_eos": True}
+    r1 = client.post("/v1/completions", json=body).json()
+    r2 = client.post("/v1/completions", json=body).json()
+    assert [c["text"] for c in r1["choices"]] == [c["text"] for c in r2["choices"]]
+    assert len({c["text"] for c in r1["choices"]}) > 1  # each choice has its own seed
+    assert r1["usage"]["prompt_tokens"] == len(ids_a) and r1["usage"]["completion_tokens"] == 24
+
+
+def test_completions_stream(client):
+    body = {"prompt": flores("hun", 2), "max_tokens": 12, "temperature": 0, "stream": True, "ignore_eos": True,
+            "stream_options": {"include_usage": True}}  # fmt: skip
+    events = sse_events(client.post("/v1/completions", json=body).text)
+    full = client.post("/v1/completions", json={**body, "stream": False}).json()
+    assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == full["choices"][0]["text"]
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 12
+
+
+def test_chat_completions_stream_and_not(client):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": flores("fra", 4)}]
+    body = {"model": MODEL, "messages": messages, "max_completion_tokens": 10, "temperature": 0,
+            "logprobs": True, "top_logprobs": 2}  # fmt: skip
+    res = client.post("/v1/chat/completions", json=body).json()
+    choice = res["choices"][0]
+    assert res["object"] == "chat.completion" and choice["message"]["role"] == "assistant"
+    assert choice["finish_reason"] in ("stop", "length")
+    content = choice["logprobs"]["content"]
+    assert len(content) == res["usage"]["completion_tokens"] and all(len(c["top_logprobs"]) == 2 for c in content)
+    prompt_ids = client.post("/tokenize", json={"messages": messages}).json()["tokens"]
+    assert res["usage"]["prompt_tokens"] == len(prompt_ids)
+
+    events = sse_events(client.post("/v1/chat/completions", json={**body, "stream": True, "stream_options": {
+        "include_usage": True}}).text)  # fmt: skip
+    assert events[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert all(e["object"] == "chat.completion.chunk" for e in events)
+    streamed = "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"])
+    assert streamed == choice["message"]["content"]
+    assert [e["choices"][0]["finish_reason"] for e in events if e["choices"]][-1] == choice["finish_reason"]
+    assert events[-1]["usage"] == res["usage"] and events[-1]["choices"] == []
+
+
+def test_chat_stop_and_n(client):
+    msgs = [{"role": "user", "content": "Hello"}]
+    full = client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 30, "temperature": 0,
+                                                       "ignore_eos": True}).json()  # fmt: skip
+    text = full["choices"][0]["message"]["content"]
+    stop = text[6:9]
+    cut = client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 30, "temperature": 0,
+                                                      "ignore_eos": True, "stop": stop}).json()  # fmt: skip
+    assert cut["choices"][0]["message"]["content"] == text[: text.find(stop)]
+    assert cut["choices"][0]["finish_reason"] == "stop"
+    many = client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 5, "n": 2, "seed": 1}).json()
+    assert [c["index"] for c in many["choices"]] == [0, 1]
+
+
+def test_client_mistakes_get_openai_shaped_4xx(client):
+    post = client.post
+    assert_openai_error(post("/v1/completions", content=b"{not json", headers={"content-type": "application/json"}),
+                        400, "invalid_json")  # fmt: skip
+    assert_openai_error(post("/v1/completions", json={"prompt": "x", "max_tokens": "many"}), 400)
+    err = assert_openai_error(post("/v1/completions", json={"prompt": "x", "temperature": -1}), 400)
+    assert err["param"] == "temperature"
+    assert_openai_error(post("/v1/completions", json={"max_tokens": 3}), 400)  # no prompt
+    assert_openai_error(post("/v1/completions", json={"prompt": []}), 400)
+    assert_openai_error(post("/v1/completions", json={"prompt": [1, 10**7]}), 400)
+    assert_openai_error(post("/v1/completions", json={"prompt": "x", "model": "gpt-4o"}), 404, "model_not_found")
+    assert_openai_error(post("/v1/completions", json={"prompt": "x " * 250, "max_tokens": 10}), 400,
+                        "context_length_exceeded")  # fmt: skip
+    assert_openai_error(post("/v1/completions", json={"prompt": "x", "max_tokens": 201}), 400)  # server limit
+    assert_openai_error(post("/v1/completions", json={"prompt": "x", "presence_penalty": 1}), 400)
+    assert_openai_error(post("/v1/chat/completions", json={"messages": []}), 400)
+    assert_openai_error(post("/v1/chat/completions", json={"messages": [{"role": "wizard", "content": "x"}]}), 400)
+    assert_openai_error(post("/v1/chat/completions", json={"messages": "hello"}), 400)
+    assert_openai_error(post("/v1/chat/completions", json=[1, 2]), 400)
+    assert_openai_error(post("/detokenize", json={"tokens": [-1]}), 400)
+    assert_openai_error(client.get("/v1/nothing-here"), 404)
+    assert_openai_error(client.get("/v1/completions"), 405)
+    page = client.get("/")
+    assert page.status_code == 200 and "<html" in page.text.lower() or assert_openai_error(page, 404)
+    assert client.get("/health").json()["status"] == "ok"  # nothing above broke the engine
+
+
+def test_api_key_body_limit_and_concurrency_limit(engine_factory):
+    engine = engine_factory(max_batch=2)
+    limits = ServerLimits(api_key="s3cret", max_concurrent=1, max_body_bytes=2000)
+    app = create_app(engine, model_name=MODEL, limits=limits)
+    with LiveServer(app) as server, httpx.Client(base_url=server.url, timeout=60) as http:
+        ok = {"Authorization": "Bearer s3cret"}
+        assert_openai_error(http.get("/v1/models"), 401, "invalid_api_key")
+        assert_openai_error(http.get("/v1/models", headers={"Authorization": "Bearer nope"}), 401)
+        assert http.get("/v1/models", headers=ok).status_code == 200
+        assert http.get("/health").status_code == 200  # health checks need no key
+        assert_openai_error(http.post("/v1/completions", headers=ok, json={"prompt": "x" * 3000}), 413)
+        long = {"prompt": "Hello", "max_tokens": 200, "ignore_eos": True, "stream": True, "temperature": 0}
+        opened, release = threading.Event(), threading.Event()
+
+        def hold_stream():
+            with http.stream("POST", "/v1/completions", headers=ok, json=long) as resp:
+                for _ in resp.iter_lines():
+                    opened.set()
+                    release.wait(60)
+                    break
+
+        t = threading.Thread(target=hold_stream)
+        t.start()
+        assert opened.wait(60)
+        assert_openai_error(http.post("/v1/completions", headers=ok, json={"prompt": "x", "max_tokens": 1}), 429,
+                            "rate_limit_exceeded")  # fmt: skip
+        release.set()
+        t.join(60)
+        for _ in range(100):  # the closed stream's request leaves the engine and frees the limit
+            if http.post("/v1/completions", headers=ok, json={"prompt": "x", "max_tokens": 1}).status_code == 200:
+                break
+        else:
+            pytest.fail("the concurrency limit was not released after the stream closed")
+        assert engine.num_requests() == (0, 0)  # the abandoned stream's request was aborted, its slot freed
