@@ -70,6 +70,11 @@ def main(args: argparse.Namespace) -> int:
             engine.request_stop()
             super().handle_exit(sig, frame)
 
+        async def shutdown(self, sockets=None):
+            await super().shutdown(sockets)
+            # uvicorn then re-raises the signal, so the exit status says "terminated by SIGTERM", as it should
+            print("vernacular serve: shut down cleanly", file=sys.stderr, flush=True)
+
     print(f"serving {name} from {checkpoint} on http://{args.host}:{args.port}/v1 "
           f"({'API key required' if limits.api_key else 'no API key'})", file=sys.stderr, flush=True)  # fmt: skip
     server = Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level))
