@@ -126,7 +126,7 @@ def config_from_hf(hf: dict[str, Any]) -> tuple[ModelConfig, bool]:
     checks = {
         "hidden_act": ("silu",),
         "scoring_func": ("sigmoid",),
-        "topk_method": ("noaux_tc", "greedy", "group_limited_greedy"),
+        "topk_method": ("noaux_tc",),  # DeepSeek-V2's "greedy"/"group_limited_greedy" route differently
         "attention_bias": (False,),
     }
     for key, allowed in checks.items():
@@ -404,8 +404,6 @@ def _load_into(config: ModelConfig, state: dict[str, torch.Tensor], source: Path
     with torch.no_grad():
         for key, param in expected.items():
             param.copy_(state[key].to(param.dtype))
-    if config.tie_word_embeddings and hasattr(model, "lm_head"):
-        model.lm_head.weight = model.model.embed_tokens.weight
     return model.eval()
 
 
@@ -482,6 +480,7 @@ def export_hf(
     tmp = out / f".{HF_WEIGHTS}.tmp"
     save_file(state, str(tmp), metadata={"format": "pt", "producer": "vernacular"})
     tmp.replace(out / HF_WEIGHTS)
+    (out / HF_INDEX).unlink(missing_ok=True)  # a stale shard index would shadow the new weights
     write_json(out / "config.json", hf_config)
     generation = {"bos_token_id": bos, "eos_token_id": eos if eos is None or len(eos) > 1 else eos[0], "pad_token_id": pad}
     write_json(out / "generation_config.json", {k: v for k, v in generation.items() if v is not None} | {"do_sample": False})
