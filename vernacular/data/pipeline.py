@@ -1,0 +1,208 @@
+"""The data pipeline as datatrove stages, and the executors that run them.
+
+    filter         readers -> input counter -> normalize -> quarantine -> language id -> quality -> TDM opt-out
+                   -> work/filtered/<rank>.jsonl.gz, exact-dedup signatures
+    exact_find     datatrove ExactFindDedups (1 task)
+    exact_filter   ExactDedupFilter -> work/deduped/<rank>.jsonl.gz, MinHash signatures
+    minhash_buckets, minhash_cluster   datatrove MinhashDedupBuckets / MinhashDedupCluster
+    final          MinhashDedupFilter -> PII redaction -> train/val split -> text/<split>/<lang>/<rank>.jsonl.gz
+
+Dedup needs a global view, so the pipeline is a chain of stages (datatrove's usual dedup recipe). `build_pipeline`
+returns one stage's steps; `make_executors` chains all stages with `depends=` for the Local, Slurm or Ray executor.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vernacular.data.languages import ALL_LANGUAGES
+from vernacular.run import RunDir
+
+STAGES: tuple[str, ...] = ("filter", "exact_find", "exact_filter", "minhash_buckets", "minhash_cluster", "final")
+
+
+@dataclass
+class DataConfig:
+    sources: list[str] = field(default_factory=lambda: ["demo"])
+    licence: str | None = None  # applies to sources without their own (else the known-licence table)
+    collected: str | None = None  # collection date (ISO); default today
+    text_field: str = "text"
+    txt_mode: str = "line"
+    hf_split: str = "train"
+    hf_streaming: bool = True
+    languages: tuple[str, ...] = ALL_LANGUAGES
+    lid_min_declared_prob: float = 0.2
+    lid_min_confidence: float = 0.5
+    lang_thresholds: str | None = None  # TOML file of per-language quality thresholds
+    max_doc_bytes: int = 1_000_000
+    robots: list[str] = field(default_factory=list)  # DOMAIN=FILE
+    blocklist: str | None = None
+    minhash_ngrams: int = 5
+    minhash_buckets: int = 14
+    minhash_hashes_per_bucket: int = 8
+    val_fraction: float = 0.05
+    alpha: float = 0.3
+    seed: int = 0
+    tasks: int = 2
+    workers: int = 2
+    progress: bool = True
+
+
+def _work(run: RunDir) -> Path:
+    return run.data / "work"
+
+
+def resolve_sources(cfg: DataConfig):
+    from vernacular.data.sources import parse_source
+
+    specs = []
+    for spec in cfg.sources:
+        specs.extend(parse_source(spec, licence=cfg.licence, collected=cfg.collected, text_field=cfg.text_field,
+                                  txt_mode=cfg.txt_mode, hf_split=cfg.hf_split, hf_streaming=cfg.hf_streaming))
+    names = [s.name for s in specs]
+    if len(set(zip(names, (s.kind for s in specs)))) != len(specs):
+        raise ValueError(f"two sources share a name: {names}; give one `::name=...`")
+    return specs
+
+
+def _robots(cfg: DataConfig) -> dict[str, str]:
+    out = {}
+    for item in cfg.robots:
+        domain, sep, path = item.partition("=")
+        if not sep or not domain or not path:
+            raise ValueError(f"--robots expects DOMAIN=FILE, got {item!r}")
+        out[domain.strip()] = Path(path).read_text(encoding="utf-8")
+    return out
+
+
+def _minhash_config(cfg: DataConfig):
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
+    from datatrove.utils.hashing import HashConfig
+
+    # sha1 shingle hashes: datatrove's xxhash path is handed str shingles, which the installed xxhash rejects
+    return MinhashConfig(n_grams=cfg.minhash_ngrams, num_buckets=cfg.minhash_buckets,
+                         hashes_per_bucket=cfg.minhash_hashes_per_bucket, seed=cfg.seed + 1,
+                         hash_config=HashConfig(precision=64, hash_fc="sha1"))
+
+
+def _exact_config():
+    from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
+
+    from vernacular.data.steps import doc_text
+
+    return ExactDedupConfig(content_getter=doc_text)
+
+
+def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter") -> list:
+    """The datatrove steps of one stage (see the module docstring); hand them to any datatrove executor."""
+    from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
+    from datatrove.pipeline.dedup.minhash import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
+                                                  MinhashDedupSignature)
+    from datatrove.pipeline.writers.jsonl import JsonlWriter
+
+    from vernacular.data.robots import read_blocklist
+    from vernacular.data.sources import make_reader
+    from vernacular.data.steps import (EuropeanWordTokenizer, InputCounter, LanguageFilter, Normalize, OptOutFilter,
+                                       PIIRedactor, QualityFilter, Quarantine, RankJsonlReader, RejectWriter,
+                                       SplitAssigner, kept_writer, load_thresholds)
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    work, rejects = _work(run), str(run.rejects)
+    if stage == "filter":
+        readers = [make_reader(s, progress=cfg.progress) for s in resolve_sources(cfg)]
+        return [
+            *readers,
+            InputCounter(str(work / "counts")),
+            Normalize(),
+            Quarantine(cfg.max_doc_bytes, exclusion_writer=RejectWriter(rejects, "quarantine")),
+            LanguageFilter(cfg.languages, cfg.lid_min_declared_prob, cfg.lid_min_confidence,
+                           exclusion_writer=RejectWriter(rejects, "language")),
+            QualityFilter(load_thresholds(cfg.lang_thresholds), exclusion_writer=RejectWriter(rejects, "quality")),
+            OptOutFilter(_robots(cfg), read_blocklist(cfg.blocklist) if cfg.blocklist else frozenset(),
+                         exclusion_writer=RejectWriter(rejects, "optout")),
+            JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl.gz"),
+            ExactDedupSignature(str(work / "exact" / "sigs"), config=_exact_config()),
+        ]
+    if stage == "exact_find":
+        return [ExactFindDedups(str(work / "exact" / "sigs"), str(work / "exact" / "dups"), config=_exact_config())]
+    if stage == "exact_filter":
+        return [
+            RankJsonlReader(str(work / "filtered")),
+            ExactDedupFilter(str(work / "exact" / "dups"), config=_exact_config(),
+                             exclusion_writer=RejectWriter(rejects, "exact-dedup", "exact-duplicate")),
+            JsonlWriter(str(work / "deduped"), output_filename="${rank}.jsonl.gz"),
+            MinhashDedupSignature(str(work / "minhash" / "sigs"), config=_minhash_config(cfg),
+                                  language=EuropeanWordTokenizer()),
+        ]
+    if stage == "minhash_buckets":
+        return [MinhashDedupBuckets(str(work / "minhash" / "sigs"), str(work / "minhash" / "buckets"),
+                                    config=_minhash_config(cfg))]
+    if stage == "minhash_cluster":
+        return [MinhashDedupCluster(str(work / "minhash" / "buckets"), str(work / "minhash" / "remove"),
+                                    config=_minhash_config(cfg))]
+    if stage == "final":
+        return [
+            RankJsonlReader(str(work / "deduped")),
+            MinhashDedupFilter(str(work / "minhash" / "remove"),
+                               exclusion_writer=RejectWriter(rejects, "near-dedup", "near-duplicate")),
+            PIIRedactor(),
+            SplitAssigner(cfg.val_fraction, cfg.seed),
+            kept_writer(str(run.text)),
+        ]
+    raise ValueError(f"unknown stage {stage!r}; stages: {STAGES}")
+
+
+def stage_tasks(cfg: DataConfig, stage: str) -> int:
+    return {"exact_find": 1, "minhash_cluster": 1, "minhash_buckets": cfg.minhash_buckets}.get(stage, cfg.tasks)
+
+
+def make_executors(cfg: DataConfig, run_dir: str | RunDir, executor: str = "local", **executor_kwargs) -> list:
+    """One executor per stage, chained with `depends=`: `executor` is local | slurm | ray; extra kwargs go to every
+    executor (e.g. `partition=`, `time=` for Slurm). Run the last one: datatrove launches its dependencies first."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if executor == "local":
+        from datatrove.executor import LocalPipelineExecutor as cls
+    elif executor == "slurm":
+        from datatrove.executor import SlurmPipelineExecutor as cls
+    elif executor == "ray":
+        from datatrove.executor import RayPipelineExecutor as cls
+    else:
+        raise ValueError(f"executor must be local, slurm or ray, got {executor!r}")
+    out, prev = [], None
+    for stage in STAGES:
+        tasks = stage_tasks(cfg, stage)
+        kwargs = dict(pipeline=build_pipeline(cfg, run, stage), tasks=tasks,
+                      logging_dir=str(_work(run) / "logs" / stage), depends=prev, **executor_kwargs)
+        if executor == "local":
+            kwargs["workers"] = max(1, min(cfg.workers, tasks))
+        elif executor == "slurm":
+            kwargs.setdefault("job_name", f"vernacular-data-{stage}")
+        prev = cls(**kwargs)
+        out.append(prev)
+    return out
+
+
+def run_pipeline(cfg: DataConfig, run_dir: str | RunDir) -> dict:
+    """Run every stage locally into RunDir(run_dir).data (fresh: previous text/rejects/work are replaced), then write
+    the provenance manifest and return it."""
+    from vernacular.data.manifest import build_manifest
+
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    resolve_sources(cfg)  # fail fast on a bad --source, before any work
+    for path in (run.text, run.rejects, _work(run), run.tokens):
+        shutil.rmtree(path, ignore_errors=True)
+    run.data.mkdir(parents=True, exist_ok=True)
+    executors = make_executors(cfg, run, "local")
+    executors[-1].run()
+    manifest = build_manifest(run, cfg)
+    shutil.rmtree(_work(run) / "filtered", ignore_errors=True)
+    shutil.rmtree(_work(run) / "deduped", ignore_errors=True)
+    return manifest
+
+
+def config_record(cfg: DataConfig) -> dict:
+    rec = asdict(cfg)
+    rec["languages"] = list(cfg.languages)
+    return rec

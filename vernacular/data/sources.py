@@ -1,0 +1,302 @@
+"""Sources: where raw text comes from, and the datatrove readers that turn it into Documents.
+
+Every reader here yields *every* record it sees. Records that cannot become a clean document (invalid UTF-8, broken
+JSON, a missing text field, empty text) still become a Document, flagged with `metadata["quarantine"] = reason`, so
+the first pipeline step can write them to the rejects with their source location: nothing is lost silently. The
+upstream datatrove readers skip such records with a log line, which is why these subclasses exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+
+from datatrove.data import Document
+from datatrove.pipeline.readers.base import BaseDiskReader
+from datatrove.pipeline.readers.huggingface import HuggingFaceDatasetReader
+from datatrove.pipeline.readers.parquet import ParquetReader
+
+from vernacular.data.languages import to_iso639_3
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo"
+
+# (substring of the source name or path, lowercase) -> declared licence (SPDX ids)
+KNOWN_LICENCES: tuple[tuple[str, str], ...] = (
+    ("demo", "CC0-1.0"),
+    ("ntrex", "CC-BY-SA-4.0"),
+    ("flores", "CC-BY-SA-4.0"),
+    ("sib-200", "CC-BY-SA-4.0"),
+    ("tatoeba", "CC-BY-2.0-FR"),
+    ("fineweb-2", "ODC-By-1.0"),
+    ("fineweb2", "ODC-By-1.0"),
+    ("fineweb", "ODC-By-1.0"),
+    ("hplt", "CC0-1.0"),
+    ("wikipedia", "CC-BY-SA-4.0"),
+    ("europarl", "public-domain-EU-reuse"),
+)
+
+TXT_EXT = (".txt",)
+JSONL_EXT = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".jsonl.zstd")
+PARQUET_EXT = (".parquet",)
+
+
+def default_licence(name: str) -> str:
+    low = name.lower()
+    for key, licence in KNOWN_LICENCES:
+        if key in low:
+            return licence
+    return "unknown"
+
+
+def lang_from_path(path: str) -> str | None:
+    """`.../deu.txt`, `.../deu.jsonl.gz`, `.../deu_Latn/train/000.parquet` -> `deu` (file name first, then folders)."""
+    parts = PurePosixPath(str(path).replace("\\", "/")).parts
+    stem = parts[-1].split(".")[0] if parts else ""
+    for candidate in [stem, *reversed(parts[:-1])]:
+        # only accept full codes here (3 letters or `xxx_Scrp`): a folder called `de` is too ambiguous
+        if len(candidate.split("_")[0]) == 3 and (code := to_iso639_3(candidate)):
+            return code
+    return None
+
+
+@dataclass
+class SourceSpec:
+    """One `--source` value, resolved. Spec syntax: `PATH|hf:DATASET[:CONFIG]|demo[::key=value,key=value]`."""
+
+    kind: str  # txt | jsonl | parquet | hf | demo
+    location: str  # path, or hub dataset name
+    name: str
+    licence: str
+    collected: str
+    lang: str | None = None  # declared language for the whole source (else per file / per record)
+    text_field: str = "text"
+    txt_mode: str = "line"  # line | file
+    hf_config: str | None = None
+    hf_split: str = "train"
+    hf_streaming: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def as_record(self) -> dict:
+        return {"kind": self.kind, "location": self.location, "licence": self.licence, "collected": self.collected,
+                "lang": self.lang, "text_field": self.text_field, "txt_mode": self.txt_mode,
+                "hf_config": self.hf_config, "hf_split": self.hf_split}
+
+
+def parse_source(spec: str, *, licence: str | None = None, collected: str | None = None, text_field: str = "text",
+                 txt_mode: str = "line", hf_split: str = "train", hf_streaming: bool = True) -> list[SourceSpec]:
+    """Resolve one spec string into one SourceSpec per reader kind (a folder may hold .txt and .jsonl side by side)."""
+    body, _, opts_s = spec.partition("::")
+    opts = {}
+    for item in filter(None, (o.strip() for o in opts_s.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"bad source option {item!r} in {spec!r}: expected key=value")
+        opts[key.strip()] = value.strip()
+    unknown = set(opts) - {"licence", "license", "lang", "collected", "name", "text_field", "txt_mode", "split"}
+    if unknown:
+        raise ValueError(f"unknown source option(s) {sorted(unknown)} in {spec!r}")
+    collected = opts.get("collected") or collected or dt.date.today().isoformat()
+    lang = opts.get("lang")
+    if lang is not None and to_iso639_3(lang) is None:
+        raise ValueError(f"unknown language {lang!r} in {spec!r}")
+    lang = to_iso639_3(lang)
+    common = dict(collected=collected, lang=lang, text_field=opts.get("text_field", text_field),
+                  txt_mode=opts.get("txt_mode", txt_mode), hf_split=opts.get("split", hf_split),
+                  hf_streaming=hf_streaming)
+    if common["txt_mode"] not in ("line", "file"):
+        raise ValueError(f"txt_mode must be 'line' or 'file', got {common['txt_mode']!r}")
+    lic = opts.get("licence") or opts.get("license") or licence
+
+    if body == "demo":
+        name = opts.get("name", "demo")
+        return [SourceSpec("demo", str(DEMO_DIR), name, lic or "CC0-1.0", **common)]
+    if body.startswith("hf:"):
+        dataset, _, config = body[3:].partition(":")
+        if not dataset:
+            raise ValueError(f"empty dataset name in {spec!r}")
+        name = opts.get("name", body)
+        return [SourceSpec("hf", dataset, name, lic or default_licence(dataset), hf_config=config or None, **common)]
+
+    path = Path(body).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"source {body!r} does not exist")
+    name = opts.get("name", path.name if path.is_dir() else path.parent.name + "/" + path.name)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    kinds = []
+    for kind, exts in (("txt", TXT_EXT), ("jsonl", JSONL_EXT), ("parquet", PARQUET_EXT)):
+        if any(f.name.endswith(exts) for f in files):
+            kinds.append(kind)
+    if not kinds:
+        raise ValueError(f"source {body!r} holds no .txt, .jsonl[.gz|.zst] or .parquet files")
+    return [SourceSpec(kind, str(path.resolve()), name, lic or default_licence(str(path.resolve())), **common)
+            for kind in kinds]
+
+
+def _quarantined(reason: str, source: SourceSpec, location: str, text: str = "", raw: bytes | None = None) -> Document:
+    meta = {"quarantine": reason, "source": source.name, "lang": source.lang, "location": location}
+    if raw is not None:
+        meta["raw_b64"] = base64.b64encode(raw).decode("ascii")
+    return Document(text=text, id=f"{source.name}/{location}", metadata=meta)
+
+
+def _document(text: str, source: SourceSpec, location: str, record: dict | None, path_lang: str | None) -> Document:
+    record = record or {}
+    declared = source.lang or to_iso639_3(record.get("lang") or record.get("language")) or path_lang
+    meta = {"source": source.name, "lang": declared, "location": location}
+    for key in ("url", "date", "dump"):
+        if record.get(key) is not None:
+            meta[key] = str(record[key])
+    return Document(text=text, id=str(record.get("id") or f"{source.name}/{location}"), metadata=meta)
+
+
+class _SpecReaderMixin:
+    """Shared by the disk readers: the spec, and the relative location `file:line` recorded for every document."""
+
+    source: SourceSpec
+
+    def _location(self, filepath: str, line: int | None = None) -> str:
+        return filepath if line is None else f"{filepath}:{line + 1}"
+
+
+def _glob_for(kind: str) -> list[str]:
+    exts = {"txt": TXT_EXT, "jsonl": JSONL_EXT, "parquet": PARQUET_EXT}[kind]
+    return [f"**/*{e}" for e in exts]
+
+
+def _folder_and_glob(source: SourceSpec) -> tuple[str, str | None]:
+    path = Path(source.location)
+    if path.is_file():
+        return str(path.parent), path.name
+    return str(path), None
+
+
+class TxtSourceReader(_SpecReaderMixin, BaseDiskReader):
+    """Plain text: one document per line (`txt_mode=line`, blank lines are empty documents) or per file."""
+
+    name = "📄 Txt"
+
+    def __init__(self, source: SourceSpec, glob_pattern: str | None = None, **kwargs):
+        folder, single = _folder_and_glob(source)
+        super().__init__(folder, glob_pattern=single or glob_pattern or "**/*.txt", add_file_path=False, **kwargs)
+        self.source = source
+
+    def read_file(self, filepath: str):
+        path_lang = lang_from_path(filepath)
+        with self.data_folder.open(filepath, "rb") as f:
+            raw = f.read()
+        chunks = [raw] if self.source.txt_mode == "file" else raw.split(b"\n")
+        if self.source.txt_mode == "line" and chunks and chunks[-1] == b"":
+            chunks.pop()  # the final newline ends the last line; it does not start an empty one
+        for li, chunk in enumerate(chunks):
+            loc = self._location(filepath, None if self.source.txt_mode == "file" else li)
+            chunk = chunk.removesuffix(b"\r")
+            try:
+                text = chunk.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield _quarantined(f"invalid-utf8", self.source, loc, chunk.decode("utf-8", "backslashreplace"), chunk)
+                continue
+            doc = _document(text, self.source, loc, None, path_lang)
+            if self.source.kind == "demo":
+                doc.id = f"demo/{filepath}:{li + 1}"
+            yield doc
+
+
+class JsonlSourceReader(_SpecReaderMixin, BaseDiskReader):
+    """JSON lines, plain / gzip / zstd: one object per line with a text field; `lang`/`language` field optional."""
+
+    name = "🐿 Jsonl"
+
+    def __init__(self, source: SourceSpec, **kwargs):
+        folder, single = _folder_and_glob(source)
+        super().__init__(folder, glob_pattern=single, add_file_path=False, **kwargs)
+        self.source = source
+
+    def read_file(self, filepath: str):
+        if not filepath.endswith(JSONL_EXT):
+            return
+        path_lang = lang_from_path(filepath)
+        with self.data_folder.open(filepath, "rb", compression="infer") as f:
+            for li, line in enumerate(f):
+                loc = self._location(filepath, li)
+                line = line.rstrip(b"\r\n")
+                try:
+                    decoded = line.decode("utf-8")
+                except UnicodeDecodeError:
+                    yield _quarantined("invalid-utf8", self.source, loc, line.decode("utf-8", "backslashreplace"), line)
+                    continue
+                if not decoded.strip():
+                    yield _quarantined("empty", self.source, loc)
+                    continue
+                try:
+                    record = json.loads(decoded)
+                except json.JSONDecodeError as e:
+                    yield _quarantined("broken-json", self.source, loc, decoded)
+                    continue
+                if not isinstance(record, dict):
+                    yield _quarantined("broken-json", self.source, loc, decoded)
+                    continue
+                text = record.get(self.source.text_field)
+                if not isinstance(text, str):
+                    yield _quarantined("missing-text-field", self.source, loc, decoded)
+                    continue
+                yield _document(text, self.source, loc, record, path_lang)
+
+
+class ParquetSourceReader(_SpecReaderMixin, ParquetReader):
+    """Parquet through datatrove's reader; rows without the text field are quarantined instead of skipped."""
+
+    def __init__(self, source: SourceSpec, **kwargs):
+        folder, single = _folder_and_glob(source)
+        super().__init__(folder, glob_pattern=single or "**/*.parquet", text_key=source.text_field,
+                         read_metadata=True, **kwargs)
+        self.source = source
+
+    def get_document_from_dict(self, data: dict, source_file: str, id_in_file: int | str):
+        loc = self._location(source_file, int(id_in_file))
+        text = data.get(self.source.text_field)
+        if not isinstance(text, str):
+            return _quarantined("missing-text-field", self.source, loc,
+                                json.dumps({k: str(v) for k, v in data.items()}, ensure_ascii=False))
+        return _document(text, self.source, loc, data, lang_from_path(source_file))
+
+
+class HubSourceReader(HuggingFaceDatasetReader):
+    """Hugging Face hub datasets via `datasets.load_dataset(name, config, split=...)`: datatrove's own hub reader.
+
+    The config name carries the language on multilingual hub sets (FineWeb-2: `deu_Latn`)."""
+
+    def __init__(self, source: SourceSpec, **kwargs):
+        options = {"split": source.hf_split}
+        if source.hf_config:
+            options["name"] = source.hf_config
+        super().__init__(source.location, dataset_options=options, streaming=source.hf_streaming,
+                         text_key=source.text_field, **kwargs)
+        self.source = source
+        self.config_lang = to_iso639_3(source.hf_config) if source.hf_config else None
+
+    def get_document_from_dict(self, data: dict, source_file: str, id_in_file: int | str):
+        loc = f"{source_file}:{self.source.hf_config or 'default'}:{self.source.hf_split}:{id_in_file}"
+        text = data.get(self.source.text_field)
+        if not isinstance(text, str):
+            return _quarantined("missing-text-field", self.source, loc,
+                                json.dumps({k: str(v) for k, v in data.items()}, ensure_ascii=False))
+        return _document(text, self.source, loc, data, self.config_lang)
+
+
+def make_reader(source: SourceSpec, *, progress: bool = False):
+    if source.kind in ("txt", "demo"):
+        return TxtSourceReader(source, file_progress=progress)
+    if source.kind == "jsonl":
+        return JsonlSourceReader(source, file_progress=progress)
+    if source.kind == "parquet":
+        return ParquetSourceReader(source, file_progress=progress)
+    if source.kind == "hf":
+        return HubSourceReader(source, doc_progress=progress)
+    raise ValueError(f"unknown source kind {source.kind!r}")
+
+
+def with_name(source: SourceSpec, name: str) -> SourceSpec:
+    return replace(source, name=name)

@@ -1,0 +1,412 @@
+"""The pipeline's own datatrove blocks, in data-flow order.
+
+Each block is a datatrove PipelineStep (`run(data, rank, world_size)` over Documents). Removal steps subclass
+datatrove's BaseFilter, so each dropped document goes to that step's `RejectWriter` with its reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import tomllib
+import unicodedata
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from datatrove.data import Document, DocumentsPipeline
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.filters.gopher_quality_filter import GopherQualityFilter
+from datatrove.pipeline.filters.gopher_repetition_filter import GopherRepetitionFilter
+from datatrove.pipeline.formatters.base import BaseFormatter
+from datatrove.pipeline.formatters.pii import PIIFormatter
+from datatrove.pipeline.readers.jsonl import JsonlReader
+from datatrove.pipeline.writers.jsonl import JsonlWriter
+from datatrove.utils.word_tokenizers import WordTokenizer
+
+from vernacular.data.languages import ALL_LANGUAGES, LANGID_LABEL, from_langid_label
+from vernacular.data.robots import AI_USER_AGENTS, RobotsTxt, domain_of, in_blocklist
+
+
+class EuropeanWordTokenizer(WordTokenizer):
+    """Whitespace words (Gopher's definition: punctuation stays attached) for the space-separated scripts of all EU
+    languages. datatrove's default tokenizers need spaCy or NLTK data files, which an offline install lacks."""
+
+    _SENT = re.compile(r"[^.!?…]+(?:[.!?…]+|$)", re.UNICODE)
+
+    def __init__(self, language: str | None = None):
+        super().__init__(language)
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return text.split()
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return [s.strip() for s in self._SENT.findall(text) if s.strip()]
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        return [m.span() for m in self._SENT.finditer(text) if m.group().strip()]
+
+
+# ---------------------------------------------------------------------------------------------------- bookkeeping
+
+
+class InputCounter(PipelineStep):
+    """Counts what the readers produced, per source and declared language, before anything is removed.
+
+    The manifest checks documents in = kept + removed against these counts."""
+
+    type = "📊 - STATS"
+    name = "🔢 input counter"
+
+    def __init__(self, output_dir: str):
+        super().__init__()
+        self.output_dir = output_dir
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
+        for doc in data:
+            doc.metadata["declared_lang"] = doc.metadata.get("lang") or "und"
+            c = counts[doc.metadata.get("source", "?")][doc.metadata["declared_lang"]]
+            c[0] += 1
+            c[1] += len(doc.text.encode("utf-8", "surrogatepass"))
+            self.stat_update("documents_in")
+            yield doc
+        out = Path(self.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{rank:05d}.json").write_text(json.dumps(counts, indent=1))
+
+
+class RejectWriter(JsonlWriter):
+    """Writes removed documents to `rejects/<step>/<rank>.jsonl.gz` with `step`, `reason` and source location."""
+
+    def __init__(self, rejects_dir: str, step: str, default_reason: str | None = None):
+        super().__init__(rejects_dir, output_filename=f"{step}/${{rank}}.jsonl.gz")
+        self.step = step
+        self.default_reason = default_reason or step
+
+    def write(self, document: Document, rank: int = 0, **kwargs):
+        meta = document.metadata
+        meta["step"] = self.step
+        meta["reason"] = meta.pop("filter_reason", None) or meta.get("quarantine") or self.default_reason
+        super().write(document, rank, **kwargs)
+
+
+class RankJsonlReader(JsonlReader):
+    """Reads exactly `<rank>.jsonl.gz` of an intermediate folder, so document indices line up with the dedup
+    signatures written by the same rank (a rank that kept nothing has no file: plain sharding would shift ranks)."""
+
+    def __init__(self, data_folder: str):
+        super().__init__(data_folder, add_file_path=False)
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        if data:
+            yield from data
+        name = f"{rank:05d}.jsonl.gz"
+        if self.data_folder.exists(name):
+            for doc in self.read_file(name):
+                self.stat_update("documents")
+                yield doc
+
+
+# ---------------------------------------------------------------------------------------------------- cleaning
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200d\u2060\ufeff\ufffe]")
+
+
+class Normalize(BaseFormatter):
+    """Unicode NFC, CRLF -> LF, control and zero-width characters removed, trailing spaces trimmed."""
+
+    name = "🧽 normalize"
+
+    def format(self, text: str) -> str:
+        text = unicodedata.normalize("NFC", text.replace("\r\n", "\n").replace("\r", "\n"))
+        text = _CONTROL.sub("", text)
+        return "\n".join(line.rstrip() for line in text.split("\n")).strip()
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
+            if not doc.metadata.get("quarantine"):
+                doc.text = self.format(doc.text)
+            yield doc
+
+
+class Quarantine(BaseFilter):
+    """Malformed input (flagged by the readers), empty and oversized documents go to the rejects, with the reason."""
+
+    name = "🚧 quarantine"
+
+    def __init__(self, max_doc_bytes: int, exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.max_doc_bytes = max_doc_bytes
+
+    def filter(self, doc: Document):
+        if reason := doc.metadata.get("quarantine"):
+            return False, reason
+        if not doc.text.strip():
+            return False, "empty"
+        if len(doc.text.encode("utf-8")) > self.max_doc_bytes:
+            return False, "oversized"
+        return True
+
+
+class LanguageFilter(BaseFilter):
+    """Offline language ID (py3langid restricted to our language set, normalized probabilities).
+
+    A declared language is kept when it is the top label or close to it (`min_declared_prob`: short sentences of
+    close pairs such as nob/nno/dan are often a near tie); otherwise the document is a `lang-mismatch`. Documents
+    without a declared language get the identified one if it is confident enough, else `lang-unknown`."""
+
+    name = "🌍 language id"
+
+    def __init__(self, languages: tuple[str, ...] = ALL_LANGUAGES, min_declared_prob: float = 0.2,
+                 min_confidence: float = 0.5, exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.languages = tuple(languages)
+        self.min_declared_prob = min_declared_prob
+        self.min_confidence = min_confidence
+        self._identifier = None
+
+    @property
+    def identifier(self):
+        if self._identifier is None:
+            from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+            ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+            ident.set_languages(sorted({LANGID_LABEL[code] for code in self.languages}))
+            self._identifier = ident
+        return self._identifier
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_identifier"] = None  # rebuilt in each worker, never pickled
+        return state
+
+    def predict(self, text: str) -> list[tuple[str, float]]:
+        return [(from_langid_label(label), p) for label, p in self.identifier.rank(text)]
+
+    def filter(self, doc: Document):
+        ranked = self.predict(doc.text)
+        top, conf = ranked[0]
+        doc.metadata["lid"] = top
+        doc.metadata["lid_prob"] = round(float(conf), 4)
+        declared = doc.metadata.get("lang")
+        if declared is None:
+            if conf < self.min_confidence:
+                return False, "lang-unknown"
+            doc.metadata["lang"] = top
+            return True
+        if declared not in self.languages:
+            return False, "lang-unsupported"
+        if top == declared or dict(ranked).get(declared, 0.0) >= self.min_declared_prob:
+            return True
+        return False, "lang-mismatch"
+
+
+@dataclass
+class QualityThresholds:
+    """Gopher / FineWeb-2 style document heuristics. Defaults keep single clean news sentences (NTREX lines)."""
+
+    min_words: int = 3
+    max_words: int = 100_000
+    min_mean_word_length: float = 2.0
+    max_mean_word_length: float = 14.0
+    max_symbol_word_ratio: float = 0.1  # '#' and ellipses per word
+    max_bullet_lines_ratio: float = 0.9
+    max_ellipsis_lines_ratio: float = 0.3
+    min_alpha_words_ratio: float = 0.6  # share of words with at least one letter
+    max_dup_line_frac: float = 0.3
+    max_dup_line_char_frac: float = 0.2
+    max_dup_para_frac: float = 0.3
+    max_dup_para_char_frac: float = 0.2
+
+
+def load_thresholds(path: str | None) -> dict[str, QualityThresholds]:
+    """TOML: a `[default]` table and optional per-language tables (`[fin]`, `[deu]`, ...) overriding single keys."""
+    tables = {}
+    if path:
+        with open(path, "rb") as f:
+            tables = tomllib.load(f)
+    known = {f.name for f in fields(QualityThresholds)}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ValueError(f"{path}: [{name}] must be a table of thresholds")
+        if unknown := set(table) - known:
+            raise ValueError(f"{path}: unknown threshold(s) {sorted(unknown)} in [{name}]; known: {sorted(known)}")
+    default = QualityThresholds(**tables.get("default", {}))
+    out = {"default": default}
+    for name, table in tables.items():
+        if name != "default":
+            out[name] = QualityThresholds(**(asdict(default) | table))
+    return out
+
+
+class QualityFilter(BaseFilter):
+    """Per-language quality: datatrove's Gopher quality and repetition filters, one configured pair per language."""
+
+    name = "🏅 quality"
+
+    def __init__(self, thresholds: dict[str, QualityThresholds], exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.thresholds = thresholds
+        self._filters: dict[str, tuple[GopherQualityFilter, GopherRepetitionFilter]] = {}
+
+    def _for(self, lang: str):
+        if lang not in self._filters:
+            t = self.thresholds.get(lang, self.thresholds["default"])
+            tok = EuropeanWordTokenizer(lang)
+            quality = GopherQualityFilter(
+                min_doc_words=t.min_words, max_doc_words=t.max_words, min_avg_word_length=t.min_mean_word_length,
+                max_avg_word_length=t.max_mean_word_length, max_symbol_word_ratio=t.max_symbol_word_ratio,
+                max_bullet_lines_ratio=t.max_bullet_lines_ratio, max_ellipsis_lines_ratio=t.max_ellipsis_lines_ratio,
+                max_non_alpha_words_ratio=t.min_alpha_words_ratio, min_stop_words=None, language=tok)
+            repetition = GopherRepetitionFilter(
+                dup_line_frac=t.max_dup_line_frac, dup_para_frac=t.max_dup_para_frac,
+                dup_line_char_frac=t.max_dup_line_char_frac, dup_para_char_frac=t.max_dup_para_char_frac,
+                top_n_grams=(), dup_n_grams=(), language=tok)
+            self._filters[lang] = (quality, repetition)
+        return self._filters[lang]
+
+    def filter(self, doc: Document):
+        for f in self._for(doc.metadata.get("lang") or "default"):
+            keep, reason = _result(f.filter(doc))
+            if not keep:
+                return False, "quality:" + (reason or f.name).removeprefix("gopher_")
+        return True
+
+
+def _result(res):
+    return res if isinstance(res, tuple) else (res, None)
+
+
+class OptOutFilter(BaseFilter):
+    """TDM opt-out: drop documents whose URL an AI crawler may not fetch per the site's robots.txt (RFC 9309), or
+    whose domain (or a parent domain) is on the blocklist. Documents without a URL are not web pages: kept."""
+
+    name = "🚫 tdm opt-out"
+
+    def __init__(self, robots: dict[str, str], blocklist: frozenset[str] = frozenset(),
+                 agents: tuple[str, ...] = AI_USER_AGENTS, exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.robots = {d.lower().removeprefix("www."): RobotsTxt.parse(text) for d, text in robots.items()}
+        self.blocklist = frozenset(blocklist)
+        self.agents = tuple(agents)
+
+    def filter(self, doc: Document):
+        url = doc.metadata.get("url")
+        if not url:
+            return True
+        domain = domain_of(url)
+        if in_blocklist(domain, self.blocklist):
+            return False, "blocklist"
+        robots = self.robots.get(domain)
+        if robots is not None and (agent := robots.opted_out(url, self.agents)):
+            return False, f"robots:{agent}"
+        return True
+
+
+def doc_text(doc: Document) -> bytes:
+    """Content getter for datatrove's exact dedup: UTF-8 bytes, which its default xxhash needs."""
+    return doc.text.encode("utf-8")
+
+
+# ---------------------------------------------------------------------------------------------------- PII
+
+
+def iban_valid(candidate: str) -> bool:
+    """ISO 13616 check: move the first four characters to the end, letters to numbers, mod 97 must be 1."""
+    s = candidate.replace(" ", "").upper()
+    if not 15 <= len(s) <= 34 or not s[:2].isalpha() or not s[2:4].isdigit():
+        return False
+    digits = "".join(str(int(ch, 36)) for ch in s[4:] + s[:4])
+    return int(digits) % 97 == 1
+
+
+_DATE_LIKE = re.compile(r"^\(?\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\)?$")
+
+
+def phone_valid(candidate: str) -> bool:
+    n_digits = sum(ch.isdigit() for ch in candidate)
+    if candidate.startswith(("+", "00")):
+        return 8 <= n_digits <= 15
+    return 9 <= n_digits <= 13 and not _DATE_LIKE.match(candidate.strip())
+
+
+class PIIRedactor(PIIFormatter):
+    """datatrove's PIIFormatter (emails, public IPs) plus IBANs (checksum-validated) and phone numbers.
+
+    Each match becomes a placeholder (`<email-pii>`, `<ip-pii>`, `<iban-pii>`, `<phone-pii>`); counts per document
+    go to `metadata["pii"]` for the manifest."""
+
+    name = "🕵 PII"
+
+    IBAN = r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"
+    PHONE = (r"(?<![\w+])(?:(?:\+|00)[1-9]\d{0,2}[ ./-]?(?:\(0\)[ ./-]?)?(?:\(?\d{1,5}\)?[ ./-]?){1,5}\d{2,5}"
+             r"|\(?0\d{1,4}\)?[ ./-]?\d{2,4}(?:[ ./-]?\d{2,4}){1,3})(?![\w])")
+
+    def __init__(self):
+        super().__init__(email_replacement="<email-pii>", ip_replacement="<ip-pii>")
+        self.patterns = [
+            ("email", self.emails_replacer.regex, None, "<email-pii>"),
+            ("iban", re.compile(self.IBAN), iban_valid, "<iban-pii>"),
+            ("ip", self.ip_replacer.regex, self.ip_replacer.validator, "<ip-pii>"),
+            ("phone", re.compile(self.PHONE), phone_valid, "<phone-pii>"),
+        ]
+
+    def redact(self, text: str) -> tuple[str, Counter]:
+        counts: Counter = Counter()
+        for kind, regex, validator, placeholder in self.patterns:
+            def sub(m, kind=kind, validator=validator, placeholder=placeholder):
+                if validator is not None and not validator(m.group(0)):
+                    return m.group(0)
+                counts[kind] += 1
+                return placeholder
+
+            text = regex.sub(sub, text)
+        return text, counts
+
+    def format(self, text: str) -> str:
+        return self.redact(text)[0]
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
+            self.stat_update("total")
+            doc.text, counts = self.redact(doc.text)
+            if counts:
+                doc.metadata["pii"] = dict(counts)
+                for kind, n in counts.items():
+                    self.stat_update(f"pii_{kind}", value=n)
+            yield doc
+
+
+# ---------------------------------------------------------------------------------------------------- output
+
+
+class SplitAssigner(PipelineStep):
+    """Per-language held-out validation split: a seeded hash of the text decides, so the split does not depend on
+    the number of tasks, file order or reruns (and identical texts cannot straddle it)."""
+
+    type = "✂️ - SPLIT"
+    name = "🎲 train/val split"
+
+    def __init__(self, val_fraction: float, seed: int = 0):
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.val_fraction = val_fraction
+        self.seed = seed
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        for doc in data:
+            h = hashlib.blake2b(f"{self.seed}\0{doc.text}".encode(), digest_size=8).digest()
+            u = int.from_bytes(h, "little") / 2**64
+            doc.metadata["split"] = "val" if u < self.val_fraction else "train"
+            self.stat_update(doc.metadata["split"])
+            yield doc
+
+
+def kept_writer(text_dir: str) -> JsonlWriter:
+    """Cleaned documents: `text/<split>/<lang>/<rank>.jsonl.gz` (datatrove's JSONL layout)."""
+    return JsonlWriter(text_dir, output_filename="${split}/${lang}/${rank}.jsonl.gz")
