@@ -297,3 +297,21 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert "no config.json" in capsys.readouterr().err
     assert cli(["export", "hf", "--checkpoint", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_export_reads_the_trainers_checkpoint_format(tmp_path):
+    """`vernacular pretrain` checkpoints (state.json["model_config"], `latest` pointer, tied weights unshared)."""
+    from vernacular.train.checkpoint import save_checkpoint as trainer_save
+
+    model = make_model(**CASES["no-dense+tied+unnormalised"])
+    model.config.seq_aux_loss_weight = 0.0  # a training-only field must survive the trip through state.json
+    root = tmp_path / "run" / "checkpoints"
+    trainer_save(root, 7, model.state_dict(), {}, {"model_config": model.config.to_dict()})
+    trainer_save(root, 3, make_model(seed=5, **CASES["no-dense+tied+unnormalised"]).state_dict(), {},
+                 {"model_config": model.config.to_dict()})  # `latest` now names step 3, the newest write
+    assert cli(["export", "hf", "--run-dir", str(tmp_path / "run"), "--out", str(tmp_path / "hf")]) == 0
+    ids = tokens(model.config.vocab_size)
+    newest = load_checkpoint(root / "step_000003")
+    assert (theirs(tmp_path / "hf", ids) - ours(newest, ids)).abs().max().item() < 1e-4
+    assert torch.equal(ours(load_checkpoint(root / "step_000007"), ids), ours(model, ids))
+    assert load_checkpoint(root / "step_000007").config.seq_aux_loss_weight == 0.0
