@@ -1,0 +1,270 @@
+"""Serving under load: 1, 4, 16, 64 concurrent streaming chat clients against one `vernacular serve` process.
+
+    python benchmarks/serve_load.py                                  # prepares a ~10 M-param random-init run, all levels
+    python benchmarks/serve_load.py --levels 1,16 --rounds 1        # quick look
+    python benchmarks/serve_load.py --run-dir runs/demo              # a real run directory (its latest checkpoint)
+
+The baseline is one stream: continuous batching should make 16 concurrent streams produce >= 4x the aggregate
+tokens/s of one, because a decode step over 16 rows costs little more than over one (the weights are read once, the
+MLA latent cache is small). The server is a real `vernacular serve` subprocess on 127.0.0.1; the clients are httpx
+AsyncClients speaking SSE, like any OpenAI client would. Per level, each of N clients sends `--rounds` requests one
+after the other (a bounded count), under a wall-clock limit per level.
+
+Figures per level: aggregate completion tokens/s (usage.completion_tokens summed over the level's wall time),
+time to first token (request sent -> first content chunk) and inter-token latency (gap between content chunks; the
+server sends one chunk per decode step unless the UTF-8 / stop-string hold-back merges two) at p50 and p99, and
+errors (HTTP status other than 200, a stream without [DONE], a missing usage chunk, a timeout): must be 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+NTREX = REPO.parent / "shared" / "corpora" / "ntrex128"  # training split of the shared corpora, never FLORES
+
+
+@dataclass
+class RequestResult:
+    ok: bool
+    error: str = ""
+    tokens: int = 0
+    ttft: float | None = None
+    gaps: list[float] = field(default_factory=list)
+
+
+@dataclass
+class LevelResult:
+    clients: int
+    requests: int
+    wall_s: float
+    tokens: int
+    ttft: list[float]
+    gaps: list[float]
+    errors: list[str]
+
+    @property
+    def tok_s(self) -> float:
+        return self.tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+
+# ---------------------------------------------------------------- the run directory to serve
+def prepare_run(root: Path, preset: str, vocab_size: int, seed: int) -> Path:
+    """A run directory with a tokenizer trained on NTREX (all languages) and a random-init `preset` checkpoint,
+    written by the tokenizer stage's and the trainer's own writers, so `vernacular serve` loads it like a real run."""
+    import torch
+
+    from vernacular.model import ModelConfig, build_model
+    from vernacular.run import RunDir
+    from vernacular.tokenizer.corpus import Corpus, read_folder
+    from vernacular.tokenizer.train import TokenizerConfig, save_tokenizer, train_tokenizer
+    from vernacular.train.checkpoint import save_checkpoint
+
+    run = RunDir(root).create()
+    cfg = TokenizerConfig(vocab_size=vocab_size, method="plain", seed=seed)
+    tok, _ = train_tokenizer(Corpus(train=read_folder(NTREX)), cfg, progress=False)
+    save_tokenizer(tok, run.tokenizer, cfg)
+    model = build_model(ModelConfig.load(preset, vocab_size=tok.get_vocab_size()), seed=seed)
+    state = {k: v.detach().to(torch.float32) for k, v in model.state_dict().items()}
+    save_checkpoint(run.checkpoints, 1, state, {}, {"model_config": model.config.to_dict()})
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"prepared {root}: preset {preset!r}, {n_params / 1e6:.1f} M parameters, vocab {tok.get_vocab_size()}",
+          flush=True)  # fmt: skip
+    return root
+
+
+# ---------------------------------------------------------------- the server process
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(run_dir: Path, port: int, max_batch: int, threads: int | None, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "vernacular", "serve", "--run-dir", str(run_dir), "--host", "127.0.0.1",
+           "--port", str(port), "--max-batch", str(max_batch), "--model-name", "bench", "--log-level", "warning"]
+    if threads:
+        cmd += ["--threads", str(threads)]
+    env = {k: v for k, v in os.environ.items() if k != "VERNACULAR_API_KEY"}
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
+
+
+async def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vernacular serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if (await client.get(url + "/health", timeout=2)).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            await asyncio.sleep(0.2)
+    raise RuntimeError(f"vernacular serve did not become healthy within {timeout_s:.0f} s")
+
+
+# ---------------------------------------------------------------- the clients
+async def one_request(client, url: str, prompt: str, max_tokens: int, seed: int) -> RequestResult:
+    body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "stream": True,
+            "stream_options": {"include_usage": True}, "max_tokens": max_tokens, "temperature": 0.8, "seed": seed,
+            "ignore_eos": True}  # fmt: skip
+    t0 = time.perf_counter()
+    last = None
+    res = RequestResult(ok=False)
+    done = False
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
+        if resp.status_code != 200:
+            return RequestResult(ok=False, error=f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}")
+        async for line in resp.aiter_lines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                done = True
+                break
+            chunk = json.loads(data)
+            if chunk.get("usage"):
+                res.tokens = chunk["usage"]["completion_tokens"]
+            if any((c.get("delta") or {}).get("content") for c in chunk.get("choices", [])):
+                now = time.perf_counter()
+                if last is None:
+                    res.ttft = now - t0
+                else:
+                    res.gaps.append(now - last)
+                last = now
+    if not done:
+        res.error = "stream ended without [DONE]"
+    elif res.tokens != max_tokens:
+        res.error = f"usage says {res.tokens} completion tokens, asked for {max_tokens} (ignore_eos)"
+    else:
+        res.ok = True
+    return res
+
+
+async def run_level(url: str, clients: int, rounds: int, max_tokens: int, prompts: list[str], limit_s: float,
+                    seed: int) -> LevelResult:  # fmt: skip
+    import httpx
+
+    results: list[RequestResult] = []
+    limits = httpx.Limits(max_connections=clients + 4, max_keepalive_connections=clients + 4)
+
+    async def worker(c: int, client) -> None:
+        for r in range(rounds):
+            i = c * rounds + r
+            try:
+                results.append(await one_request(client, url, prompts[i % len(prompts)], max_tokens, seed + i))
+            except Exception as e:  # counted, not hidden: every error shows in the table
+                results.append(RequestResult(ok=False, error=f"{type(e).__name__}: {e}"))
+
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(limit_s)) as client:
+        tasks = [asyncio.create_task(worker(c, client)) for c in range(clients)]
+        _, pending = await asyncio.wait(tasks, timeout=limit_s)
+        for t in pending:
+            t.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+    wall = time.perf_counter() - t0
+    errors = [r.error for r in results if not r.ok]
+    missing = clients * rounds - len(results)
+    errors += [f"not finished within {limit_s:.0f} s"] * missing
+    return LevelResult(clients=clients, requests=clients * rounds, wall_s=wall,
+                       tokens=sum(r.tokens for r in results if r.ok),
+                       ttft=[r.ttft for r in results if r.ok and r.ttft is not None],
+                       gaps=[g for r in results if r.ok for g in r.gaps], errors=errors)  # fmt: skip
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, max(0, round(q / 100 * (len(v) - 1))))]
+
+
+def table(levels: list[LevelResult]) -> str:
+    base = levels[0].tok_s if levels and levels[0].tok_s > 0 else float("nan")
+    head = (f"| streams | requests | tokens | wall s | aggregate tok/s | vs 1 stream | TTFT p50 ms | TTFT p99 ms "
+            f"| ITL p50 ms | ITL p99 ms | errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    rows = [f"| {r.clients} | {r.requests} | {r.tokens} | {r.wall_s:.1f} | {r.tok_s:.1f} | {r.tok_s / base:.2f}x "
+            f"| {pct(r.ttft, 50) * 1e3:.0f} | {pct(r.ttft, 99) * 1e3:.0f} | {pct(r.gaps, 50) * 1e3:.1f} "
+            f"| {pct(r.gaps, 99) * 1e3:.1f} | {len(r.errors)} |" for r in levels]  # fmt: skip
+    return "\n".join([head, *rows])
+
+
+async def bench(args, url: str) -> list[LevelResult]:
+    langs = sorted(p.stem for p in NTREX.glob("*.txt"))
+    prompts = [(NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[i] for i in range(4) for lang in langs]
+    # warm-up: first-call costs (allocator, kernels) do not belong to the 1-stream baseline
+    await run_level(url, 2, 1, 8, prompts, args.level_timeout, args.seed)
+    out = []
+    for n in args.levels:
+        rounds = max(args.rounds, -(-args.min_requests // n))
+        r = await run_level(url, n, rounds, args.max_tokens, prompts, args.level_timeout, args.seed)
+        print(f"{n:>3} streams: {r.tok_s:8.1f} tok/s aggregate, TTFT p50 {pct(r.ttft, 50) * 1e3:6.0f} ms, "
+              f"ITL p50 {pct(r.gaps, 50) * 1e3:6.1f} ms, errors {len(r.errors)}", flush=True)  # fmt: skip
+        for e in sorted(set(r.errors))[:5]:
+            print(f"     error: {e}", flush=True)
+        out.append(r)
+    return out
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run-dir", type=Path, help="serve this run directory (default: prepare a random-init one)")
+    p.add_argument("--preset", default="tiny", help="model preset for the prepared run (default: tiny, ~10 M)")
+    p.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary of the prepared run")
+    p.add_argument("--levels", default="1,4,16,64", help="concurrent streams per level, comma-separated")
+    p.add_argument("--rounds", type=int, default=2, help="requests each client sends, one after the other")
+    p.add_argument("--min-requests", type=int, default=8,
+                   help="at least this many requests per level (low levels send more rounds, for a steadier figure)")
+    p.add_argument("--max-tokens", type=int, default=64, help="completion tokens per request (ignore_eos)")
+    p.add_argument("--max-batch", type=int, default=64, help="the server's --max-batch (cache slots)")
+    p.add_argument("--threads", type=int, default=None, help="the server's torch threads")
+    p.add_argument("--level-timeout", type=float, default=600, help="wall-clock limit per level, seconds")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    args.levels = [int(x) for x in args.levels.split(",")]
+    if not args.levels or min(args.levels) < 1 or args.rounds < 1 or args.max_tokens < 1:
+        p.error("levels, rounds and max tokens must be positive")
+
+    with tempfile.TemporaryDirectory(prefix="vernacular-serve-load-") as tmp:
+        run_dir = args.run_dir or prepare_run(Path(tmp) / "run", args.preset, args.vocab_size, args.seed)
+        port, log = free_port(), Path(tmp) / "server.log"
+        proc = start_server(run_dir, port, args.max_batch, args.threads, log)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            asyncio.run(wait_healthy(url, proc, log))
+            levels = asyncio.run(bench(args, url))
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        print()
+        print(table(levels))
+        by_n = {r.clients: r for r in levels}
+        if 1 in by_n and 16 in by_n and by_n[1].tok_s > 0:
+            ratio = by_n[16].tok_s / by_n[1].tok_s
+            verdict = "met" if ratio >= 4 else "NOT met"
+            print(f"\naggregate tok/s at 16 streams / 1 stream: {ratio:.2f}x (goal >= 4x: {verdict})")
+        errors = sum(len(r.errors) for r in levels)
+        print(f"errors: {errors} (must be 0)")
+        return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
