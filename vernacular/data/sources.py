@@ -131,7 +131,9 @@ def parse_source(spec: str, *, licence: str | None = None, collected: str | None
             kinds.append(kind)
     if not kinds:
         raise ValueError(f"source {body!r} holds no .txt, .jsonl[.gz|.zst] or .parquet files")
-    return [SourceSpec(kind, str(path.resolve()), name, lic or default_licence(str(path.resolve())), **common)
+    resolved = path.resolve()
+    guess = default_licence(f"{resolved.parent.name}/{resolved.name}")  # e.g. corpora/ntrex128, ntrex128/deu.txt
+    return [SourceSpec(kind, str(resolved), name, lic or guess, **common)
             for kind in kinds]
 
 

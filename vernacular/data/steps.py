@@ -358,8 +358,13 @@ class PIIRedactor(PIIFormatter):
     def redact(self, text: str) -> tuple[str, Counter]:
         counts: Counter = Counter()
         for kind, regex, validator, placeholder in self.patterns:
-            def sub(m, kind=kind, validator=validator, placeholder=placeholder):
+            # digit groups of an IBAN-shaped string that failed its checksum are not a phone number either
+            shielded = [m.span() for m in self.patterns[1][1].finditer(text)] if kind == "phone" else []
+
+            def sub(m, kind=kind, validator=validator, placeholder=placeholder, shielded=shielded):
                 if validator is not None and not validator(m.group(0)):
+                    return m.group(0)
+                if any(a < m.end() and m.start() < b for a, b in shielded):
                     return m.group(0)
                 counts[kind] += 1
                 return placeholder

@@ -22,10 +22,9 @@ def text_languages(run_dir: str | os.PathLike | RunDir, split: str = "train") ->
     return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
 
 
-def iter_texts(run_dir: str | os.PathLike | RunDir, split: str = "train",
-               langs: Iterable[str] | None = None) -> Iterator[tuple[str, str]]:
-    """Yield (lang, text) for every kept document of `split`, language by language (sorted), files in rank order:
-    deterministic for a given run directory."""
+def iter_records(run_dir: str | os.PathLike | RunDir, split: str = "train",
+                 langs: Iterable[str] | None = None) -> Iterator[tuple[str, dict]]:
+    """Like iter_texts, with the whole record (text, id, metadata: source, location, url, pii, ...)."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     root = _text_dir(run_dir)
@@ -36,4 +35,12 @@ def iter_texts(run_dir: str | os.PathLike | RunDir, split: str = "train",
         for path in sorted((root / split / lang).glob("*.jsonl.gz")):
             with gzip.open(path, "rt", encoding="utf-8") as f:
                 for line in f:
-                    yield lang, json.loads(line)["text"]
+                    yield lang, json.loads(line)
+
+
+def iter_texts(run_dir: str | os.PathLike | RunDir, split: str = "train",
+               langs: Iterable[str] | None = None) -> Iterator[tuple[str, str]]:
+    """Yield (lang, text) for every kept document of `split`, language by language (sorted), files in rank order:
+    deterministic for a given run directory."""
+    for lang, record in iter_records(run_dir, split, langs):
+        yield lang, record["text"]
