@@ -1,8 +1,8 @@
 """Serving under load: 1, 4, 16, 64 concurrent streaming chat clients against one `vernacular serve` process.
 
-    python benchmarks/serve_load.py                                  # prepares a ~10 M-param random-init run, all levels
-    python benchmarks/serve_load.py --levels 1,16 --rounds 1        # quick look
-    python benchmarks/serve_load.py --run-dir runs/demo              # a real run directory (its latest checkpoint)
+    python benchmarks/serve_load.py --threads 1                 # a random-init ~10 M-param run, all levels
+    python benchmarks/serve_load.py --levels 1,16 --rounds 1     # quick look
+    python benchmarks/serve_load.py --run-dir runs/demo          # a real run directory (its latest checkpoint)
 
 The baseline is one stream: continuous batching should make 16 concurrent streams produce >= 4x the aggregate
 tokens/s of one, because a decode step over 16 rows costs little more than over one (the weights are read once, the
@@ -196,8 +196,8 @@ def pct(values: list[float], q: float) -> float:
 
 def table(levels: list[LevelResult]) -> str:
     base = levels[0].tok_s if levels and levels[0].tok_s > 0 else float("nan")
-    head = (f"| streams | requests | tokens | wall s | aggregate tok/s | vs 1 stream | TTFT p50 ms | TTFT p99 ms "
-            f"| ITL p50 ms | ITL p99 ms | errors |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")  # fmt: skip
+    head = ("| streams | requests | tokens | wall s | aggregate tok/s | vs 1 stream | TTFT p50 ms | TTFT p99 ms "
+            "| ITL p50 ms | ITL p99 ms | errors |\n" + "|---:" * 11 + "|")
     rows = [f"| {r.clients} | {r.requests} | {r.tokens} | {r.wall_s:.1f} | {r.tok_s:.1f} | {r.tok_s / base:.2f}x "
             f"| {pct(r.ttft, 50) * 1e3:.0f} | {pct(r.ttft, 99) * 1e3:.0f} | {pct(r.gaps, 50) * 1e3:.1f} "
             f"| {pct(r.gaps, 99) * 1e3:.1f} | {len(r.errors)} |" for r in levels]  # fmt: skip

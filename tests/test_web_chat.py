@@ -2,8 +2,9 @@
 
 What a user does: open `/` (the server wants an API key, so the page says so), enter the key, send a message the server
 rejects (its OpenAI-shaped 400 shows readably and the typed text is not lost), fix it, pick greedy decoding, send again
-and watch the answer stream in. The streamed answer must equal what the API returns for the same request without streaming, so the page's SSE
-parser neither drops nor duplicates a token.
+and watch the answer stream in. The streamed answer must equal what the API returns for the same request without
+streaming, so the page's SSE parser neither drops nor duplicates a token. Then Stop: the stream ends mid-answer, the
+server lets the request go, and the partial answer stays in the conversation.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -34,14 +37,52 @@ CHROME_FLAGS = [
 WAIT_S = 60  # generous: other test suites share these 2 cores
 
 
+class GatedModel:
+    """The real model behind a gate the test can close: after `allow` more forward calls the engine thread waits until
+    the gate opens again. It makes "the answer is still streaming when the user presses Stop" certain, not a race."""
+
+    def __init__(self, model):
+        self.model = model
+        self.lock = threading.Lock()
+        self.allow: int | None = None  # None: always open
+        self.blocked = threading.Event()
+        self.opened = threading.Event()
+
+    def close_after(self, calls: int) -> None:
+        with self.lock:
+            self.opened.clear()
+            self.blocked.clear()
+            self.allow = calls
+
+    def open(self) -> None:
+        with self.lock:
+            self.allow = None
+        self.opened.set()
+
+    def __call__(self, *args, **kwargs):
+        with self.lock:
+            wait = self.allow is not None and self.allow <= 0
+            if self.allow is not None:
+                self.allow -= 1
+        if wait:
+            self.blocked.set()
+            self.opened.wait(timeout=WAIT_S)
+        return self.model(*args, **kwargs)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     run = make_run(tmp_path_factory.mktemp("web_run"), seed=1)  # greedy runs on to max_tokens
     model, ckpt = load_model_for_serving(run)
     engine = Engine(model, ServingTokenizer(find_tokenizer_dir(ckpt, run)), max_batch=4, max_model_len=256)
+    engine.model = gate = GatedModel(engine.model)
     app = create_app(engine, model_name=MODEL, limits=ServerLimits(api_key=API_KEY, max_tokens_limit=200))
     with LiveServer(app) as live:
-        yield live
+        live.gate = gate
+        try:
+            yield live
+        finally:
+            gate.open()
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +183,47 @@ def test_chat_page_streams_the_same_answer_as_the_api(server, browser, tmp_path)
     assert users[-1].text == payload
     assert not d.find_elements("css selector", "#messages img, #messages b")
     assert d.title == "Vernacular chat"
+
+
+def test_stop_button_ends_the_stream_and_the_server_frees_the_request(server, browser, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    d = browser
+    d.get(server.url + "/")  # a reload: the API key comes back from localStorage, so the models load at once
+    status = d.find_element("id", "status")
+    wait(d, lambda _: status.text == "ready", "the model list with the stored API key")
+    d.find_element("id", "clear").click()
+    set_field(d, "system", "")
+    set_field(d, "temperature", "0.7")
+    set_field(d, "max-tokens", "200")
+    server.gate.close_after(4)  # the prefill and three decode steps, then the engine holds mid-answer
+    try:
+        d.find_element("id", "input").send_keys("Tell me a long story.", Keys.ENTER)
+        assert server.gate.blocked.wait(WAIT_S), "the engine never reached the gate"
+        content = d.find_element("css selector", ".msg.assistant .content")
+        wait(d, lambda _: d.execute_script("return arguments[0].textContent", content), "the first streamed text")
+        assert d.find_element("id", "send").get_attribute("disabled") is not None
+        d.find_element("id", "stop").click()
+        stats = wait(d, lambda drv: drv.find_elements("css selector", ".msg.assistant .stats"), "the stats line")[0]
+        wait(d, lambda _: "stopped by you" in stats.text, "the answer to be marked as stopped")
+    finally:
+        server.gate.open()
+    assert d.find_element("id", "send").get_attribute("disabled") is None
+    assert d.find_element("id", "stop").get_attribute("disabled") is not None
+    assert stats.get_attribute("data-done") is None  # stopped, not finished
+    partial = d.execute_script("return arguments[0].textContent", content)
+    assert partial and "streaming" not in content.find_element("xpath", "..").get_attribute("class")
+    # the server saw the disconnect and let the request go instead of generating all 200 tokens
+    deadline = time.monotonic() + WAIT_S
+    while (health := httpx.get(server.url + "/health", timeout=WAIT_S).json())["running"] + health["waiting"]:
+        assert time.monotonic() < deadline, f"the stopped request is still in the engine: {health}"
+        time.sleep(0.05)
+    # the conversation goes on: the partial answer is part of the history sent with the next turn
+    d.find_element("id", "input").send_keys("And then?", Keys.ENTER)
+    done = wait(d, lambda drv: drv.find_elements("css selector", ".stats[data-done=true]"), "the next answer")[0]
+    turns = [{"role": "user", "content": "Tell me a long story."}, {"role": "assistant", "content": partial},
+             {"role": "user", "content": "And then?"}]  # fmt: skip
+    counted = httpx.post(server.url + "/tokenize", json={"messages": turns},
+                         headers={"Authorization": f"Bearer {API_KEY}"}, timeout=WAIT_S).json()["count"]  # fmt: skip
+    assert int(done.get_attribute("data-prompt-tokens")) == counted
+    d.save_screenshot(str(tmp_path / "web_chat_stopped.png"))
