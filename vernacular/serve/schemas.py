@@ -12,6 +12,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# OpenAI allows 4 stop strings; lm-eval's generation tasks send their `until` list plus EOS, often more, so we are
+# as lenient as vLLM within reason.
+MAX_STOP = 32
+
 
 class ErrorDetail(BaseModel):
     message: str
@@ -37,7 +41,7 @@ class _GenerationRequest(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(0, ge=0, description="vLLM extension; 0 disables top-k")
     n: int = Field(1, ge=1, le=16)
-    stop: str | list[str] | None = Field(None, description="up to 4 strings; generation stops before them")
+    stop: str | list[str] | None = Field(None, description=f"up to {MAX_STOP} strings; the text ends before the first")
     seed: int | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -51,8 +55,8 @@ class _GenerationRequest(BaseModel):
     @classmethod
     def _stop(cls, v: str | list[str] | None) -> list[str]:
         stops = [v] if isinstance(v, str) else list(v or [])
-        if len(stops) > 4:
-            raise ValueError("at most 4 stop sequences are allowed")
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"at most {MAX_STOP} stop sequences are allowed")
         if any(s == "" for s in stops):
             raise ValueError("stop sequences must not be empty")
         return stops
