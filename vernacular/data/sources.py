@@ -206,6 +206,18 @@ class TxtSourceReader(_SpecReaderMixin, BaseDiskReader):
             yield doc
 
 
+def _binary_lines(f, chunk_size: int = 1 << 20):
+    """Lines as raw bytes from any readable stream (zstd streams are not line-iterable): decoding happens per line,
+    so one bad line cannot take its neighbours with it."""
+    pending = b""
+    while chunk := f.read(chunk_size):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        yield from complete
+    if pending:
+        yield pending
+
+
 class JsonlSourceReader(_SpecReaderMixin, BaseDiskReader):
     """JSON lines, plain / gzip / zstd: one object per line with a text field; `lang`/`language` field optional."""
 
@@ -221,7 +233,7 @@ class JsonlSourceReader(_SpecReaderMixin, BaseDiskReader):
             return
         path_lang = lang_from_path(filepath)
         with self.data_folder.open(filepath, "rb", compression="infer") as f:
-            for li, line in enumerate(f):
+            for li, line in enumerate(_binary_lines(f)):
                 loc = self._location(filepath, li)
                 line = line.rstrip(b"\r\n")
                 try:

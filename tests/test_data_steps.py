@@ -1,0 +1,110 @@
+"""The pipeline's own blocks: normalization, quality thresholds, RFC 9309 robots, PII with IBAN checksums."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from datatrove.data import Document
+
+from vernacular.data.robots import RobotsTxt, in_blocklist
+from vernacular.data.steps import (Normalize, OptOutFilter, PIIRedactor, QualityFilter, QualityThresholds,
+                                   SplitAssigner, iban_valid, load_thresholds)
+
+NTREX = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "ntrex128"
+
+
+def doc(text: str, lang: str = "deu", **meta) -> Document:
+    return Document(text=text, id="x", metadata={"lang": lang, **meta})
+
+
+def test_normalize_nfc_and_control_characters():
+    decomposed = "Cafe\u0301 \u200bund\x07 Ste\u0301phane\r\nzweite Zeile  \ufeff"
+    assert Normalize().format(decomposed) == "Café und Stéphane\nzweite Zeile"
+
+
+def test_robots_longest_match_wildcards_and_groups():
+    robots = RobotsTxt.parse(
+        "User-agent: *\nDisallow: /private/\n\n"
+        "User-agent: GPTBot\nUser-agent: CCBot\nDisallow: /\nAllow: /public/\nDisallow: /public/*.pdf$\n\n"
+        "User-agent: Google-Extended\nAllow: /news\nDisallow: /news/\n")
+    assert not robots.can_fetch("GPTBot", "https://site.eu/article")
+    assert robots.can_fetch("GPTBot", "https://site.eu/public/page.html")  # longer Allow beats Disallow: /
+    assert not robots.can_fetch("CCBot", "https://site.eu/public/report.pdf")  # `*` and `$`
+    assert robots.can_fetch("CCBot", "https://site.eu/public/report.pdf?download=1")  # `$` anchors the end
+    assert not robots.can_fetch("Google-Extended", "https://site.eu/news/today")  # /news/ is longer than /news
+    assert robots.can_fetch("SomeBot", "https://site.eu/article") and not robots.can_fetch("x", "https://s.eu/private/a")
+    assert robots.opted_out("https://site.eu/article") == "GPTBot"
+    tie = RobotsTxt.parse("User-agent: GPTBot\nDisallow: /page\nAllow: /page\n")
+    assert tie.can_fetch("GPTBot", "https://s.eu/page")  # equal length: Allow wins (RFC 9309 2.2.2)
+    assert in_blocklist("a.b.example.com", frozenset({"example.com"})) and not in_blocklist("example.co", frozenset({"example.com"}))
+
+
+def test_optout_filter_keeps_documents_without_url():
+    f = OptOutFilter({"site.eu": "User-agent: GPTBot\nDisallow: /\n"}, frozenset({"spam.example"}))
+    assert f.filter(doc("kein Web-Dokument")) is True
+    assert f.filter(doc("x", url="https://www.site.eu/a")) == (False, "robots:GPTBot")
+    assert f.filter(doc("x", url="https://spam.example/a")) == (False, "blocklist")
+    assert f.filter(doc("x", url="https://other.eu/a")) is True
+
+
+def test_iban_checksum():
+    for valid in ("DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432", "FR1420041010050500013M02606",
+                  "NL91ABNA0417164300", "MT84MALT011000012345MTLCAST001S"):
+        assert iban_valid(valid), valid
+    for invalid in ("DE89 3704 0044 0532 0130 01", "GB82WEST12345698765431", "XX00"):
+        assert not iban_valid(invalid), invalid
+
+
+def test_pii_redaction_placeholders_and_false_positives():
+    pii = PIIRedactor()
+    text, counts = pii.redact("Mail: anna.k@firma.example.at, IP 141.20.5.3, intern 192.168.0.1, "
+                              "IBAN GB82 WEST 1234 5698 7654 32, Tel. +33 1 42 68 53 00 oder 030 12345678.")
+    assert text == ("Mail: <email-pii>, IP <ip-pii>, intern 192.168.0.1, IBAN <iban-pii>, Tel. <phone-pii> oder "
+                    "<phone-pii>.")
+    assert counts == {"email": 1, "ip": 1, "iban": 1, "phone": 2}
+    clean = "Am 29.09.2018 um 19:00 kamen 1.100 Menschen; das kostete 3,1 Milliarden € (Spiel 5-3)."
+    assert pii.redact(clean) == (clean, {})
+
+
+def test_pii_leaves_clean_news_alone():
+    pii = PIIRedactor()
+    hits = sum(bool(pii.redact(line)[1]) for lang in ("deu", "ita", "pol")
+               for line in (NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:400])
+    assert hits <= 2  # the news has a charity's e-mail address; nothing else looks like PII
+
+
+def test_quality_defaults_keep_clean_news_and_drop_junk():
+    q = QualityFilter(load_thresholds(None))
+    for lang in ("deu", "fin", "ell", "gle"):
+        lines = (NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:300]
+        kept = sum(q.filter(doc(line, lang)) is True for line in lines)
+        assert kept / len(lines) >= 0.98, (lang, kept)
+    assert q.filter(doc("Hallo.")) == (False, "quality:short_doc")
+    assert q.filter(doc("### ### ### ### #### ## # ## #"))[0] is False
+    assert q.filter(doc("123 456 789 1011 1213 1415 1617 1819")) == (False, "quality:below_alpha_threshold")
+    rep = "\n".join(["Jetzt kaufen und sparen!"] * 8 + ["Ein Satz zum Schluss."])
+    assert q.filter(doc(rep))[0] is False
+
+
+def test_thresholds_toml_per_language(tmp_path):
+    toml = tmp_path / "q.toml"
+    toml.write_text("[default]\nmin_words = 5\n\n[fin]\nmax_mean_word_length = 25.0\n")
+    t = load_thresholds(str(toml))
+    assert t["default"].min_words == 5 and t["fin"].min_words == 5 and t["fin"].max_mean_word_length == 25.0
+    q = QualityFilter(t)
+    assert q.filter(doc("Drei Wörter hier.")) == (False, "quality:short_doc")
+    long_words = "Lentokonemekaanikkojen ammattiyhdistyksen puheenjohtajakokouksessa " * 2
+    assert q.filter(doc(long_words, "fin")) is True and q.filter(doc(long_words, "deu"))[0] is False
+    toml.write_text("[deu]\nmin_wordz = 2\n")
+    with pytest.raises(ValueError, match="min_wordz"):
+        load_thresholds(str(toml))
+    assert QualityThresholds().min_words == 3
+
+
+def test_split_assigner_is_seeded():
+    docs = [doc(f"Dokument Nummer {i} mit etwas Text.") for i in range(400)]
+    a = [d.metadata["split"] for d in SplitAssigner(0.1, seed=0).run([doc(d.text) for d in docs])]
+    b = [d.metadata["split"] for d in SplitAssigner(0.1, seed=0).run([doc(d.text) for d in docs])]
+    c = [d.metadata["split"] for d in SplitAssigner(0.1, seed=1).run([doc(d.text) for d in docs])]
+    assert a == b and a != c and 20 <= a.count("val") <= 60
