@@ -259,3 +259,16 @@ def test_loader_finds_latest_checkpoint_and_rejects_corrupt_ones(run_dir, tmp_pa
     (tmp_path / "empty_run").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_model_for_serving(tmp_path / "empty_run")
+
+
+def test_filter_logits_top_k_and_top_p():
+    from vernacular.serve.sampling import filter_logits
+
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    kept = lambda f: torch.isfinite(f).tolist()  # noqa: E731
+    assert kept(filter_logits(logits, 1.0, 2, 1.0)) == [True, True, False, False]
+    assert kept(filter_logits(logits, 1.0, 0, 0.5)) == [True, False, False, False]  # 0.5 alone covers top_p
+    assert kept(filter_logits(logits, 1.0, 0, 0.7)) == [True, True, False, False]
+    assert kept(filter_logits(logits, 1.0, 0, 0.95)) == [True, True, True, False]
+    probs = filter_logits(logits, 0.5, 0, 1.0).softmax(-1)  # temperature 0.5 sharpens: p_i ~ p_i^2
+    assert probs.tolist() == pytest.approx((torch.tensor([0.5, 0.3, 0.15, 0.05]) ** 2 / 0.3650).tolist(), abs=1e-4)
