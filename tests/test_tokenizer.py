@@ -44,7 +44,7 @@ def plain_dir(tmp_path_factory):
     """A small plain tokenizer trained through the CLI on all 30 NTREX languages."""
     out = tmp_path_factory.mktemp("tok") / "plain"
     assert cli(["tokenizer", "--input", str(NTREX), "--out", str(out), "--method", "plain", "--vocab-size", "4000",
-                "--quiet"]) == 0
+                "--chars-per-language", "80000", "--quiet"]) == 0
     return out
 
 
@@ -168,3 +168,31 @@ def test_cli_run_dir_records_stage_and_parity(tmp_path):
     recorded = rd.read_config()["tokenizer"]
     assert recorded["method"] == "parity" and recorded["vocab_size"] == 2000
     assert recorded["max_premium"] == pytest.approx(rep["max_premium"])
+
+
+def test_run_dir_end_to_end_writes_shards(tmp_path):
+    """`vernacular data` then `vernacular tokenizer --run-dir`: the tokenizer trains on the run's cleaned text and the
+    data stage's shards come out framed with our BOS/EOS ids."""
+    import numpy as np
+
+    from vernacular.data.cli import add_arguments as data_args, main as data_main
+    from vernacular.run import RunDir, read_json
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for lang in ("eng", "deu", "ell", "fin"):
+        (src / f"{lang}.txt").write_text("\n".join((NTREX / f"{lang}.txt").read_text().splitlines()[:120]) + "\n")
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    data_args(parser)
+    run = tmp_path / "run"
+    assert data_main(parser.parse_args(["--run-dir", str(run), "--source", str(src), "--languages", "eng,deu,ell,fin",
+                                        "--workers", "1", "--no-progress"])) == 0
+    assert cli(["tokenizer", "--run-dir", str(run), "--vocab-size", "1200", "--quiet"]) == 0
+    rd = RunDir(run)
+    meta = read_json(rd.tokens / "meta.json")
+    assert "tokenizer" in json.dumps(meta)
+    ids = np.fromfile(rd.tokens / "train" / "ell.ds", dtype="<u4")
+    assert ids[0] == 0 and ids[-1] == 1 and ids.max() < 1200
+    assert rd.read_config()["tokenizer"]["input"] == "run text"

@@ -32,6 +32,7 @@ class ParityBPEConfig:
     warmup: int = 0  # merges taken by global frequency before parity steering starts
     target: float = 1.0  # steer only while worst/best dev compression ratio exceeds this (1.0 = always steer)
     reference: str | None = "eng"  # premium is measured against this language (else against the best one)
+    share: float = 0.0  # steered steps rank the worst language's pairs by its count + share * mean count per language
 
 
 @dataclass
@@ -95,18 +96,25 @@ def train_parity_bpe(train_words: dict[str, Counter], dev_words: dict[str, Count
                     lc[p] = lc.get(p, 0) + c
     heap = [(-c, p) for p, c in counts.items()]
     heapq.heapify(heap)
+    share = config.share / len(langs)
+
+    def lscore(lc: dict[int, int], p: int) -> float:
+        # both counts only ever fall for an existing pair, so the score does too and the lazy heap stays valid
+        c = lc.get(p, 0)
+        return c + share * counts.get(p, 0) if c > 0 else 0
+
     lheaps = []
     for lc in lcounts:
-        h = [(-c, p) for p, c in lc.items()]
+        h = [(-lscore(lc, p), p) for p in lc]
         heapq.heapify(h)
         lheaps.append(h)
 
-    def pop_best(h: list, cnt: dict[int, int]) -> int | None:
+    def pop_best(h: list, score) -> int | None:
         while h:
             negc, p = h[0]
-            current = cnt.get(p, 0)
+            current = score(p)
             if -negc == current:
-                return p if current >= config.min_frequency else None
+                return p if current > 0 and counts.get(p, 0) >= config.min_frequency else None
             heapq.heappop(h)
             if current > 0:
                 heapq.heappush(h, (-current, p))
@@ -123,12 +131,13 @@ def train_parity_bpe(train_words: dict[str, Counter], dev_words: dict[str, Count
         base = rates[ref] if ref is not None else min(rates)
         pair = None
         if len(merges) >= config.warmup and base > 0 and rates[worst] / base > config.target:
-            pair = pop_best(lheaps[worst], lcounts[worst])
+            lc = lcounts[worst]
+            pair = pop_best(lheaps[worst], lambda p: lscore(lc, p))
             if pair is not None:
                 steered += 1
                 steered_by_lang[langs[worst]] += 1
         if pair is None:
-            pair = pop_best(heap, counts)
+            pair = pop_best(heap, lambda p: counts.get(p, 0))
         if pair is None:
             break  # nothing left that occurs min_frequency times
         a, b = divmod(pair, SHIFT)
@@ -192,7 +201,7 @@ def train_parity_bpe(train_words: dict[str, Counter], dev_words: dict[str, Count
                     lc.pop(p, None)
                 pa, pb = divmod(p, SHIFT)
                 if (pa == new or pb == new) and c > 0:
-                    heapq.heappush(lheaps[li], (-c, p))
+                    heapq.heappush(lheaps[li], (-lscore(lc, p), p))
         counts.pop(pair, None)
         for lc in lcounts:
             lc.pop(pair, None)

@@ -25,8 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--method", choices=["parity", "plain"], default="parity",
                        help="parity-aware BPE (default) or plain frequency BPE (HF tokenizers' trainer)")
     train.add_argument("--target", type=float, default=None,
-                       help="parity: steer merges while the worst language's dev premium exceeds this (default 1.10)")
+                       help="parity: steer merges while the worst language's dev premium exceeds this (default 1.225)")
     train.add_argument("--warmup", type=int, default=None, help="parity: merges by global frequency before steering")
+    train.add_argument("--share", type=float, default=None, help="parity: weight of the other languages' counts "
+                       "when ranking the worst language's pairs (default 2)")
     train.add_argument("--min-frequency", type=int, default=2)
     train.add_argument("--dev-fraction", type=float, default=0.1,
                        help="share of each language's lines held out to steer parity-aware merges")
@@ -93,6 +95,8 @@ def _train(args) -> int:
                           model_max_length=args.model_max_length, dev_fraction=args.dev_fraction, seed=args.seed)
     if args.target is not None:
         cfg = replace(cfg, target=args.target)
+    if args.share is not None:
+        cfg = replace(cfg, share=args.share)
     if args.warmup is not None:
         cfg = replace(cfg, warmup=args.warmup)
 

@@ -24,7 +24,8 @@ class TokenizerConfig:
     model_max_length: int = 2048
     dev_fraction: float = 0.1  # held out of the training text to steer parity-aware merges
     warmup: int = 0  # parity: merges by global frequency before steering starts
-    target: float = 1.10  # parity: steer while the worst language's dev premium exceeds this
+    target: float = 1.225  # parity: steer while the worst language's dev premium exceeds this
+    share: float = 2.0  # parity: weight of the other languages' counts when ranking the worst language's pairs
     reference: str = "eng"  # parity: premium is measured against this language (the best one if absent)
     seed: int = 0
 
@@ -74,7 +75,7 @@ def _train_parity(corpus: Corpus, cfg: TokenizerConfig, progress: bool = True):
     dev_norm = None if corpus.aligned else {lang: max(1, sum(len(d) for d in corpus.dev.get(lang, []))) for lang in corpus.langs}
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     bpe_cfg = ParityBPEConfig(vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, warmup=cfg.warmup,
-                              target=cfg.target, reference=cfg.reference)
+                              target=cfg.target, reference=cfg.reference, share=cfg.share)
     learned, merges, stats = train_parity_bpe(train_words, dev_words, alphabet, len(SPECIAL_TOKENS), bpe_cfg,
                                               dev_norm=dev_norm, progress=progress)
     vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS + alphabet + learned)}
