@@ -13,7 +13,8 @@ after the other (a bounded count), under a wall-clock limit per level.
 Figures per level: aggregate completion tokens/s (usage.completion_tokens summed over the level's wall time),
 time to first token (request sent -> first content chunk) and inter-token latency (gap between content chunks; the
 server sends one chunk per decode step unless the UTF-8 / stop-string hold-back merges two) at p50 and p99, and
-errors (HTTP status other than 200, a stream without [DONE], a missing usage chunk, a timeout): must be 0.
+errors (HTTP status other than 200, a stream without [DONE], a missing usage chunk, a timeout): must be 0. CPU use of
+the server process and of the client process (this one) per level shows where the machine's cores went.
 """
 
 from __future__ import annotations
@@ -51,6 +52,8 @@ class LevelResult:
     ttft: list[float]
     gaps: list[float]
     errors: list[str]
+    server_cpu_s: float = float("nan")  # user + system CPU seconds of the server process during the level
+    client_cpu_s: float = float("nan")  # the same for this (client) process
 
     @property
     def tok_s(self) -> float:
@@ -187,6 +190,18 @@ async def run_level(url: str, clients: int, rounds: int, max_tokens: int, prompt
                        gaps=[g for r in results if r.ok for g in r.gaps], errors=errors)  # fmt: skip
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one by default): where the 2 cores went, server vs clients."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -197,14 +212,15 @@ def pct(values: list[float], q: float) -> float:
 def table(levels: list[LevelResult]) -> str:
     base = levels[0].tok_s if levels and levels[0].tok_s > 0 else float("nan")
     head = ("| streams | requests | tokens | wall s | aggregate tok/s | vs 1 stream | TTFT p50 ms | TTFT p99 ms "
-            "| ITL p50 ms | ITL p99 ms | errors |\n" + "|---:" * 11 + "|")
+            "| ITL p50 ms | ITL p99 ms | server CPU % | client CPU % | errors |\n" + "|---:" * 13 + "|")
     rows = [f"| {r.clients} | {r.requests} | {r.tokens} | {r.wall_s:.1f} | {r.tok_s:.1f} | {r.tok_s / base:.2f}x "
             f"| {pct(r.ttft, 50) * 1e3:.0f} | {pct(r.ttft, 99) * 1e3:.0f} | {pct(r.gaps, 50) * 1e3:.1f} "
-            f"| {pct(r.gaps, 99) * 1e3:.1f} | {len(r.errors)} |" for r in levels]  # fmt: skip
+            f"| {pct(r.gaps, 99) * 1e3:.1f} | {100 * r.server_cpu_s / r.wall_s:.0f} "
+            f"| {100 * r.client_cpu_s / r.wall_s:.0f} | {len(r.errors)} |" for r in levels]  # fmt: skip
     return "\n".join([head, *rows])
 
 
-async def bench(args, url: str) -> list[LevelResult]:
+async def bench(args, url: str, server_pid: int) -> list[LevelResult]:
     langs = sorted(p.stem for p in NTREX.glob("*.txt"))
     prompts = [(NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[i] for i in range(4) for lang in langs]
     # warm-up: first-call costs (allocator, kernels) do not belong to the 1-stream baseline
@@ -212,7 +228,9 @@ async def bench(args, url: str) -> list[LevelResult]:
     out = []
     for n in args.levels:
         rounds = max(args.rounds, -(-args.min_requests // n))
+        server0, client0 = cpu_seconds(server_pid), cpu_seconds()
         r = await run_level(url, n, rounds, args.max_tokens, prompts, args.level_timeout, args.seed)
+        r.server_cpu_s, r.client_cpu_s = cpu_seconds(server_pid) - server0, cpu_seconds() - client0
         print(f"{n:>3} streams: {r.tok_s:8.1f} tok/s aggregate, TTFT p50 {pct(r.ttft, 50) * 1e3:6.0f} ms, "
               f"ITL p50 {pct(r.gaps, 50) * 1e3:6.1f} ms, errors {len(r.errors)}", flush=True)  # fmt: skip
         for e in sorted(set(r.errors))[:5]:
@@ -247,7 +265,7 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}"
         try:
             asyncio.run(wait_healthy(url, proc, log))
-            levels = asyncio.run(bench(args, url))
+            levels = asyncio.run(bench(args, url, proc.pid))
         finally:
             proc.terminate()
             try:
