@@ -133,3 +133,28 @@ def test_missing_special_tokens_is_a_clear_error(tmp_path):
     bare.save(str(tmp_path / "bare.json"))
     with pytest.raises(ValueError, match="BOS"):
         write_shards(run, tmp_path / "bare.json")
+
+
+def test_data_cli_tokenizes_when_given_a_tokenizer(tmp_path, capsys):
+    import argparse
+
+    from vernacular.data import cli as data_cli
+
+    src = tmp_path / "corpus"
+    src.mkdir()
+    texts = []
+    for lang in ("deu", "ell"):
+        lines = (NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:80]
+        (src / f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        texts += lines
+    tok = train_tokenizer(tmp_path / "tokenizer.json", texts)
+    parser = argparse.ArgumentParser()
+    data_cli.add_arguments(parser)
+    args = ["--run-dir", str(tmp_path / "run"), "--source", str(src), "--workers", "1", "--no-progress",
+            "--val-fraction", "0.1", "--tokenizer", str(tok)]
+    assert data_cli.main(parser.parse_args(args)) == 0
+    run = RunDir(tmp_path / "run")
+    meta = read_json(run.tokens / "meta.json")
+    assert set(meta["splits"]["train"]) == {"deu", "ell"} and meta["totals"]["train"] > 0
+    assert "tokens:" in capsys.readouterr().out
+    assert read_json(run.manifest)["sources"]["corpus"]["languages"]["deu"]["tokens"]["train"] > 0
