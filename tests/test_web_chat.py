@@ -9,6 +9,7 @@ server lets the request go, and the partial answer stays in the conversation.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -227,3 +228,31 @@ def test_stop_button_ends_the_stream_and_the_server_frees_the_request(server, br
                          headers={"Authorization": f"Bearer {API_KEY}"}, timeout=WAIT_S).json()["count"]  # fmt: skip
     assert int(done.get_attribute("data-prompt-tokens")) == counted
     d.save_screenshot(str(tmp_path / "web_chat_stopped.png"))
+
+
+def test_sse_parser_survives_awkward_network_reads(server, browser):
+    """The page's parser on a stream cut at the worst places: inside a UTF-8 character, between \\r and \\n, inside
+    `data:`; with comments, CRLF line ends and an event split over two `data:` lines."""
+    d = browser
+    d.get(server.url + "/")
+    events = [{"choices": [{"delta": {"content": "Ζεύς ✓ 𝄞"}}]}, {"usage": {"completion_tokens": 3}}]
+    wire = (": keep-alive\r\n\r\n" + f"data: {json.dumps(events[0], ensure_ascii=False)}\r\n\r\n"
+            + 'data: {"usage":\r\ndata: {"completion_tokens": 3}}\r\n\r\n' + "data: [DONE]\n\n").encode()  # fmt: skip
+    cuts = sorted({1, 5, wire.index("Ζ".encode()) + 1, wire.index("𝄞".encode()) + 2, wire.index(b"data:") + 3,
+                   wire.index(b'"usage":\r\n') + len('"usage":\r'), len(wire) - 3})  # fmt: skip
+    pieces = [list(wire[a:b]) for a, b in zip([0, *cuts], [*cuts, len(wire)])]
+    got = d.execute_async_script("""
+        const [pieces, done] = [arguments[0], arguments[arguments.length - 1]];
+        const body = new ReadableStream({start(c) { pieces.forEach((p) => c.enqueue(new Uint8Array(p))); c.close(); }});
+        (async () => { const out = []; for await (const e of sseEvents(body)) out.push(e); return out; })()
+          .then(done, (err) => done({error: String(err)}));
+    """, pieces)  # fmt: skip
+    assert got == events
+    truncated = [list(wire[: wire.index(b"data: [DONE]")])]
+    got = d.execute_async_script("""
+        const [pieces, done] = [arguments[0], arguments[arguments.length - 1]];
+        const body = new ReadableStream({start(c) { pieces.forEach((p) => c.enqueue(new Uint8Array(p))); c.close(); }});
+        (async () => { for await (const e of sseEvents(body)) {} return "no error"; })()
+          .then(done, (err) => done(String(err)));
+    """, truncated)  # fmt: skip
+    assert "without [DONE]" in got
