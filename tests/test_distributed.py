@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from test_train_support import cli_command, install_loader, make_run, subprocess_env
+from test_train_support import cli_command, make_run, subprocess_env
 
 STEPS = 4
 ARGS = ["--steps", str(STEPS), "--seq-len", "32", "--eval-batches", "1", "--warmup", "2", "--no-progress"]
@@ -19,7 +19,6 @@ ARGS = ["--steps", str(STEPS), "--seq-len", "32", "--eval-batches", "1", "--warm
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
-    install_loader()
     return make_run(tmp_path_factory.mktemp("dist"))
 
 

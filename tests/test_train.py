@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from test_train_support import cli_command, install_loader, make_run, subprocess_env
+from test_train_support import cli_command, make_run, subprocess_env
 
 COMMON = ["--batch-size", "4", "--seq-len", "32", "--eval-batches", "2", "--warmup", "3", "--no-progress"]
 
 
 @pytest.fixture(scope="module")
 def run_template(tmp_path_factory) -> Path:
-    install_loader()
     return make_run(tmp_path_factory.mktemp("template"))
 
 

@@ -106,6 +106,7 @@ def evaluate_bpb(model: torch.nn.Module, tokens_dir: Path, max_batches: int = 8,
     was_training = model.training
     model.eval()
     results: dict[str, float] = {}
+    ratio = {lang: m["bytes_per_token"] for lang, m in bytes_per_token(tokens_dir, split="val").items()}
     for lang in langs or languages(tokens_dir, "val"):
         loader = TokenLoader(tokens_dir, split="val", batch_size=batch_size, seq_len=seq_len, rank=rank,
                              world_size=world_size, seed=0, lang=lang)
@@ -134,6 +135,6 @@ def evaluate_bpb(model: torch.nn.Module, tokens_dir: Path, max_batches: int = 8,
         nats, tokens = sums.tolist()
         if tokens == 0:
             continue
-        results[lang] = nats / math.log(2) / (tokens * bytes_per_token(tokens_dir, lang, split="val"))
+        results[lang] = nats / math.log(2) / (tokens * ratio[lang])
     model.train(was_training)
     return results

@@ -375,12 +375,22 @@ def _grad_sync(model: torch.nn.Module, sync: bool, info: DistInfo):
 
 
 def _reshard_loader_state(states: list[dict], info: DistInfo) -> dict:
-    """A checkpoint from a different world size: continue from the furthest position any rank had reached."""
-    from vernacular.data.loader import TokenLoader
+    """A checkpoint written by W ranks, resumed on W' ranks.
 
-    if hasattr(TokenLoader, "reshard_state"):
-        return TokenLoader.reshard_state(states, info.rank, info.world_size)
+    TokenLoader gives rank r positions r, r+W, ... of one seeded permutation per epoch, so W ranks at position p have
+    consumed the first W*p windows; W' ranks continue from window W*p at position W*p / W'.
+    """
+    epochs = {s["epoch"] for s in states}
+    if len(epochs) != 1:
+        raise ValueError(f"checkpoint ranks are in different data epochs {sorted(epochs)}; resume with "
+                         f"{len(states)} ranks")
+    consumed = sum(int(s["position"]) for s in states)
+    position = consumed // info.world_size
+    if consumed % info.world_size and info.is_main:
+        print(f"note: {consumed} consumed windows do not split over {info.world_size} ranks; "
+              f"{consumed % info.world_size} windows are skipped", file=sys.stderr, flush=True)
     if info.is_main:
-        print(f"note: checkpoint was written by {len(states)} ranks, resuming on {info.world_size}; "
-              "the data position restarts from rank 0's state", file=sys.stderr, flush=True)
-    return states[0]
+        print(f"note: data position re-split from {len(states)} to {info.world_size} ranks", file=sys.stderr,
+              flush=True)
+    return {**states[0], "epoch": epochs.pop(), "position": position, "rank": info.rank,
+            "world_size": info.world_size}
