@@ -77,6 +77,8 @@ def test_parity_cli_and_bad_folders(tmp_path):
     (aligned / "fin.txt").write_text("only one line\n")
     with pytest.raises(ValueError, match="not aligned"):
         parity_report(tok_dir, aligned)
+    with pytest.raises(SystemExit, match="not aligned"):
+        cli(["tokenizer", "parity", "--tokenizer", str(tok_dir), "--aligned", str(aligned)])
     (aligned / "fin.txt").unlink()
     (aligned / "eng.txt").unlink()
     with pytest.raises(ValueError, match="eng.txt"):

@@ -144,10 +144,12 @@ def test_cli_errors_are_clear(tmp_path):
         cli(["tokenizer", "--out", str(tmp_path / "t")])
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "eng.txt").write_bytes(b"ok\n\xff\xfe broken\n")
-    with pytest.raises(ValueError, match="not valid UTF-8"):
+    with pytest.raises(SystemExit, match="not valid UTF-8"):
         cli(["tokenizer", "--input", str(tmp_path / "bad"), "--out", str(tmp_path / "t"), "--quiet"])
     with pytest.raises(FileNotFoundError, match="vernacular tokenizer"):
         load(tmp_path / "nowhere")
+    with pytest.raises(SystemExit, match="vernacular data"):
+        cli(["tokenizer", "--run-dir", str(tmp_path / "empty-run"), "--quiet"])
 
 
 def test_cli_run_dir_records_stage_and_parity(tmp_path):

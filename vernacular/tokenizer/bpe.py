@@ -35,11 +35,12 @@ class ParityBPEConfig:
     share: float = 0.0  # steered steps rank the worst language's pairs by its count + share * mean count per language
 
 
-@dataclass
+@dataclass(slots=True)
 class _Word:
     symbols: list[int]
     train: list[tuple[int, int]]  # (language index, count in training text)
     dev: list[tuple[int, int]]  # (language index, count in dev text)
+    total: int = 0  # count in training text, all languages
 
 
 def _pairs(symbols: list[int]):
@@ -78,6 +79,8 @@ def train_parity_bpe(train_words: dict[str, Counter], dev_words: dict[str, Count
                 getattr(w, attr).append((li, count))
     words = list(table.values())
     del table
+    for w in words:
+        w.total = sum(c for _, c in w.train)
 
     counts: dict[int, int] = {}
     lcounts: list[dict[int, int]] = [dict() for _ in langs]
@@ -86,7 +89,7 @@ def train_parity_bpe(train_words: dict[str, Counter], dev_words: dict[str, Count
     for wi, w in enumerate(words):
         for li, c in w.dev:
             dev_tokens[li] += len(w.symbols) * c
-        total = sum(c for _, c in w.train)
+        total = w.total
         for p in _pairs(w.symbols):
             where.setdefault(p, set()).add(wi)
             if total:
@@ -171,7 +174,7 @@ def train_parity_bpe(train_words: dict[str, Counter], dev_words: dict[str, Count
             shrink = n - len(out)
             for li, c in w.dev:
                 dev_tokens[li] -= shrink * c
-            total = sum(c for _, c in w.train)
+            total = w.total
             for p, d in local.items():
                 if d == 0:
                     continue

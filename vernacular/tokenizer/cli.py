@@ -133,6 +133,7 @@ def _train(args) -> int:
 
 
 def main(args) -> int:
-    if args.action == "parity":
-        return _parity(args)
-    return _train(args)
+    try:
+        return _parity(args) if args.action == "parity" else _train(args)
+    except (FileNotFoundError, ValueError) as e:  # bad input: one clear line, not a traceback
+        raise SystemExit(f"error: {e}") from e
