@@ -14,7 +14,9 @@ Figures per level: aggregate completion tokens/s (usage.completion_tokens summed
 time to first token (request sent -> first content chunk) and inter-token latency (gap between content chunks; the
 server sends one chunk per decode step unless the UTF-8 / stop-string hold-back merges two) at p50 and p99, and
 errors (HTTP status other than 200, a stream without [DONE], a missing usage chunk, a timeout): must be 0. CPU use of
-the server process and of the client process (this one) per level shows where the machine's cores went.
+the server process and of the client process (this one) per level shows where the machine's cores went; on a shared
+machine the server gets a share of the cores set by everyone else's load, so tokens per server CPU second is the
+figure that load does not move.
 """
 
 from __future__ import annotations
@@ -58,6 +60,11 @@ class LevelResult:
     @property
     def tok_s(self) -> float:
         return self.tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def tok_per_cpu_s(self) -> float:
+        """Tokens per CPU second of the server: its efficiency, whatever share of a busy machine it got."""
+        return self.tokens / self.server_cpu_s if self.server_cpu_s > 0 else float("nan")
 
 
 # ---------------------------------------------------------------- the run directory to serve
@@ -211,12 +218,15 @@ def pct(values: list[float], q: float) -> float:
 
 def table(levels: list[LevelResult]) -> str:
     base = levels[0].tok_s if levels and levels[0].tok_s > 0 else float("nan")
+    base_cpu = levels[0].tok_per_cpu_s if levels else float("nan")
     head = ("| streams | requests | tokens | wall s | aggregate tok/s | vs 1 stream | TTFT p50 ms | TTFT p99 ms "
-            "| ITL p50 ms | ITL p99 ms | server CPU % | client CPU % | errors |\n" + "|---:" * 13 + "|")
+            "| ITL p50 ms | ITL p99 ms | server CPU % | client CPU % | tok per server CPU s | vs 1 stream | errors |\n"
+            + "|---:" * 15 + "|")
     rows = [f"| {r.clients} | {r.requests} | {r.tokens} | {r.wall_s:.1f} | {r.tok_s:.1f} | {r.tok_s / base:.2f}x "
             f"| {pct(r.ttft, 50) * 1e3:.0f} | {pct(r.ttft, 99) * 1e3:.0f} | {pct(r.gaps, 50) * 1e3:.1f} "
             f"| {pct(r.gaps, 99) * 1e3:.1f} | {100 * r.server_cpu_s / r.wall_s:.0f} "
-            f"| {100 * r.client_cpu_s / r.wall_s:.0f} | {len(r.errors)} |" for r in levels]  # fmt: skip
+            f"| {100 * r.client_cpu_s / r.wall_s:.0f} | {r.tok_per_cpu_s:.0f} | {r.tok_per_cpu_s / base_cpu:.2f}x "
+            f"| {len(r.errors)} |" for r in levels]  # fmt: skip
     return "\n".join([head, *rows])
 
 
@@ -279,6 +289,8 @@ def main() -> int:
             ratio = by_n[16].tok_s / by_n[1].tok_s
             verdict = "met" if ratio >= 4 else "NOT met"
             print(f"\naggregate tok/s at 16 streams / 1 stream: {ratio:.2f}x (goal >= 4x: {verdict})")
+            cpu_ratio = by_n[16].tok_per_cpu_s / by_n[1].tok_per_cpu_s
+            print(f"tokens per server CPU second at 16 streams / 1 stream: {cpu_ratio:.2f}x")
         errors = sum(len(r.errors) for r in levels)
         print(f"errors: {errors} (must be 0)")
         return 1 if errors else 0
