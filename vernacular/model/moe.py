@@ -100,6 +100,8 @@ class Experts(nn.Module):
         """x [N, H], indices/weights [N, k] -> sum_k weights * expert_k(x), [N, H]."""
         k = indices.shape[1]
         flat = indices.reshape(-1)
+        if flat.numel() < self.n_experts and not torch.is_grad_enabled():
+            return self._forward_few(x, flat, weights)
         order = flat.argsort(stable=True)
         expert_of_row = flat[order]
         token = order // k
@@ -109,6 +111,17 @@ class Experts(nn.Module):
         y = grouped_matmul(F.silu(gate) * up, self.down_proj, counts, expert_of_row)
         y = y * weights.reshape(-1)[order, None].to(y.dtype)
         return torch.zeros_like(x).index_add_(0, token, y)
+
+
+    def _forward_few(self, x: torch.Tensor, flat: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """Inference with fewer assignments than experts (batch decode): gather just the chosen experts' weights and
+        bmm, instead of a grouped matmul that visits every expert (on CPU, one matmul per expert, even empty ones)."""
+        N, k = weights.shape
+        xs = x.repeat_interleave(k, dim=0)[:, None]  # [N*k, 1, H]
+        h = torch.bmm(xs, self.gate_up_proj[flat].to(x.dtype))[:, 0]
+        gate, up = h.split(self.intermediate, dim=-1)
+        y = torch.bmm((F.silu(gate) * up)[:, None], self.down_proj[flat].to(x.dtype))[:, 0]
+        return (y.view(N, k, -1) * weights[..., None].to(y.dtype)).sum(dim=1)
 
 
 class MoE(nn.Module):
