@@ -106,9 +106,12 @@ def evaluate_bpb(model: torch.nn.Module, tokens_dir: Path, max_batches: int = 8,
     was_training = model.training
     model.eval()
     results: dict[str, float] = {}
-    ratio = {lang: m["bytes_per_token"] for lang, m in bytes_per_token(tokens_dir, split="val").items()}
+    meta = bytes_per_token(tokens_dir, split="val")
     for lang in langs or languages(tokens_dir, "val"):
-        loader = TokenLoader(tokens_dir, split="val", batch_size=batch_size, seq_len=seq_len, rank=rank,
+        # A small language's validation text may hold fewer tokens than one window per rank: shorten its windows
+        # rather than skip the language (short contexts only make its bpb slightly pessimistic).
+        lang_seq_len = max(1, min(seq_len, meta[lang]["tokens"] // world_size - 1))
+        loader = TokenLoader(tokens_dir, split="val", batch_size=batch_size, seq_len=lang_seq_len, rank=rank,
                              world_size=world_size, seed=0, lang=lang)
         batches = list(loader.iter_batches(max_batches))
         n = len(batches)
@@ -135,6 +138,6 @@ def evaluate_bpb(model: torch.nn.Module, tokens_dir: Path, max_batches: int = 8,
         nats, tokens = sums.tolist()
         if tokens == 0:
             continue
-        results[lang] = nats / math.log(2) / (tokens * ratio[lang])
+        results[lang] = nats / math.log(2) / (tokens * meta[lang]["bytes_per_token"])
     model.train(was_training)
     return results

@@ -1,0 +1,152 @@
+"""`vernacular report`: one Markdown page (plus PNG plots) that says what a run did.
+
+It only reads what the stages left in the run directory, so it can be rerun at any time and shows whatever stages have
+run so far: data provenance (manifest), tokenizer parity, the training curve and the per-language validation
+bits-per-byte. People would rather look than read, so the curves and the per-language figures are plots too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run-dir", required=True, help="run directory")
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line:
+            rows.append(json.loads(line))
+    return rows
+
+
+def _data_section(manifest: dict) -> list[str]:
+    totals = manifest.get("totals", {})
+    lines = ["## Data", ""]
+    lines.append(
+        f"{totals.get('documents_in', 0)} documents in, {totals.get('documents_kept', 0)} kept, "
+        f"{totals.get('documents_removed', 0)} removed (counts balance: {totals.get('balanced')})."
+    )
+    reasons: dict[str, int] = {}
+    lines += ["", "| source | language | licence | docs in | kept | removed | train tokens | val tokens |",
+              "|---|---|---|---:|---:|---:|---:|---:|"]
+    for name, source in manifest.get("sources", {}).items():
+        for lang, stats in sorted(source.get("languages", {}).items()):
+            for reason, count in stats.get("removed", {}).items():
+                reasons[reason] = reasons.get(reason, 0) + (count if isinstance(count, int) else 0)
+            tokens = stats.get("tokens", {})
+            lines.append(
+                f"| {name} | {lang} | {source.get('declared_licence', '')} | {stats.get('documents_in', 0)} | "
+                f"{stats.get('documents_kept', 0)} | {stats.get('documents_removed', 0)} | "
+                f"{tokens.get('train', '')} | {tokens.get('val', '')} |"
+            )
+    if reasons:
+        lines += ["", "| removed because | documents |", "|---|---:|"]
+        lines += [f"| {reason} | {count} |" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1])]
+    lines += ["", "Full provenance (collection dates, dedup ratios, PII redactions, top domains): `data/manifest.json`."]
+    return lines + [""]
+
+
+def _parity_section(parity: dict) -> list[str]:
+    lines = ["## Tokenizer parity", ""]
+    worst = parity.get("worst_language")
+    premium = parity.get("max_premium")
+    if premium is not None:
+        lines.append(f"Max premium over English: **{premium:.3f}** (worst: {worst}).")
+    lines += ["", "![parity](../tokenizer/parity.png)", ""]
+    return lines
+
+
+def _plot_training(rows: list[dict], out: Path) -> bool:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in rows if "loss" in r and "tokens" in r]
+    if not steps:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["tokens"] for r in steps], [r["loss"] for r in steps], label="train loss", lw=1)
+    if any("main_loss" in r for r in steps):
+        ax.plot([r["tokens"] for r in steps], [r.get("main_loss") for r in steps], label="main (next-token) loss", lw=1)
+    ax.set_xlabel("tokens")
+    ax.set_ylabel("loss (nats)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _plot_bpb(bpb: dict[str, float], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    items = sorted(bpb.items(), key=lambda kv: kv[1])
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(items)), 4))
+    ax.bar([k for k, _ in items], [v for _, v in items], color="#3060a0")
+    ax.set_ylabel("validation bits per byte (lower is better)")
+    ax.tick_params(axis="x", rotation=90)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def write_report(run_dir: str | Path) -> Path:
+    from vernacular.run import RunDir, atomic_write_bytes, read_json
+
+    run = RunDir(run_dir)
+    if not run.root.exists():
+        raise SystemExit(f"error: run directory {run.root} does not exist")
+    run.report.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Run report: `{run.root.name}`", ""]
+
+    if run.manifest.exists():
+        lines += _data_section(read_json(run.manifest))
+    parity_json = run.tokenizer / "parity.json"
+    if parity_json.exists():
+        lines += _parity_section(read_json(parity_json))
+
+    train_jsonl = run.metrics / "train.jsonl"
+    if train_jsonl.exists():
+        rows = _read_jsonl(train_jsonl)
+        if _plot_training(rows, run.report / "training.png"):
+            last = [r for r in rows if "loss" in r][-1]
+            lines += ["## Training", "", f"{last.get('step')} steps, {last.get('tokens')} tokens, "
+                      f"final loss {last['loss']:.4f}.", "", "![training](training.png)", ""]
+
+    val_json = run.metrics / "val.json"
+    if val_json.exists():
+        val = read_json(val_json)
+        bpb = val.get("val_bpb", {})
+        bpb = {k: float(v) for k, v in bpb.items() if isinstance(v, (int, float))}
+        if bpb:
+            _plot_bpb(bpb, run.report / "bpb.png")
+            lines += ["## Validation bits per byte, per language", "", "| language | bpb |", "|---|---:|"]
+            lines += [f"| {lang} | {value:.4f} |" for lang, value in sorted(bpb.items())]
+            mean = sum(bpb.values()) / len(bpb)
+            lines += [f"| **mean** | **{mean:.4f}** |", "", "![bpb](bpb.png)", ""]
+            print("\nper-language validation bits per byte:")
+            for lang, value in sorted(bpb.items()):
+                print(f"  {lang}  {value:.4f}")
+            print(f"  mean {mean:.4f}")
+
+    out = run.report / "report.md"
+    atomic_write_bytes(out, "\n".join(lines).encode())
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    out = write_report(args.run_dir)
+    print(f"report written to {out}")
+    return 0
