@@ -177,14 +177,18 @@ def main() -> int:
     from tqdm import tqdm
 
     configs, dtypes, sides = args.configs.split(","), args.dtypes.split(","), args.sides.split(",")
+    # Measured before and after the sides (best of both): on a shared machine a single burst can land in a busy spell.
     peaks = {d: matmul_peak(d, args.threads) for d in dtypes}
-    print(f"matmul peak ({args.threads} threads): " + ", ".join(f"{d} {v / 1e9:.1f} GFLOP/s" for d, v in peaks.items()))
     results = []
     jobs = [(c, d, s) for c in configs for d in dtypes for s in sides]
-    for c, d, s in tqdm(jobs, desc="train steps", unit="run"):
+    for c, d, s in (bar := tqdm(jobs, desc="train steps", unit="run")):
         results.append(run_side(args, s, c, d))
+        r = results[-1]
+        bar.write(f"  {c} {d} {s}: " + (f"{r['tok_s']:.0f} tok/s" if "tok_s" in r else f"FAILED {r.get('error')}"))
 
+    peaks = {d: max(peaks[d], matmul_peak(d, args.threads)) for d in dtypes}
     print(f"\nbatch {args.batch}x{args.seq}, {args.threads} threads, median of {args.steps} steps after {args.warmup} warm-up")
+    print(f"matmul peak ({args.threads} threads): " + ", ".join(f"{d} {v / 1e9:.1f} GFLOP/s" for d, v in peaks.items()))
     header = f"{'config':6} {'dtype':5} {'side':14} {'tok/s':>8} {'step s':>7} {'peak MB':>8} {'GFLOP/s':>8} {'% peak':>7}"
     print(header + "\n" + "-" * len(header))
     summary = []
