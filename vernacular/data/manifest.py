@@ -37,7 +37,7 @@ def _lang_entry() -> dict:
             "removed": defaultdict(Counter), "pii_redactions": Counter(), "domains": Counter()}
 
 
-def build_manifest(run: RunDir, cfg) -> dict:
+def build_manifest(run: RunDir, cfg, timings: dict[str, float] | None = None) -> dict:
     from vernacular.data.pipeline import config_record, resolve_sources
 
     specs = resolve_sources(cfg)
@@ -104,6 +104,7 @@ def build_manifest(run: RunDir, cfg) -> dict:
     manifest = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": config_record(cfg),
+        "stage_seconds": timings or {},
         "totals": dict(totals) | {"balanced": totals["documents_in"] == totals["documents_kept"] + totals["documents_removed"]},
         "mix": {"alpha": cfg.alpha, "basis": "train bytes (tokens once tokenized)",
                 "weights": temperature_weights(dict(lang_train_bytes), cfg.alpha)},

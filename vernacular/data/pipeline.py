@@ -14,6 +14,7 @@ returns one stage's steps; `make_executors` chains all stages with `depends=` fo
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
             QualityFilter(load_thresholds(cfg.lang_thresholds), exclusion_writer=RejectWriter(rejects, "quality")),
             OptOutFilter(_robots(cfg), read_blocklist(cfg.blocklist) if cfg.blocklist else frozenset(),
                          exclusion_writer=RejectWriter(rejects, "optout")),
-            JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl.gz"),
+            JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", compression=None),
             ExactDedupSignature(str(work / "exact" / "sigs"), config=_exact_config()),
         ]
     if stage == "exact_find":
@@ -132,7 +133,7 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
             RankJsonlReader(str(work / "filtered")),
             ExactDedupFilter(str(work / "exact" / "dups"), config=_exact_config(),
                              exclusion_writer=RejectWriter(rejects, "exact-dedup", "exact-duplicate")),
-            JsonlWriter(str(work / "deduped"), output_filename="${rank}.jsonl.gz"),
+            JsonlWriter(str(work / "deduped"), output_filename="${rank}.jsonl", compression=None),
             MinhashDedupSignature(str(work / "minhash" / "sigs"), config=_minhash_config(cfg),
                                   language=EuropeanWordTokenizer()),
         ]
@@ -195,8 +196,12 @@ def run_pipeline(cfg: DataConfig, run_dir: str | RunDir) -> dict:
         shutil.rmtree(path, ignore_errors=True)
     run.data.mkdir(parents=True, exist_ok=True)
     executors = make_executors(cfg, run, "local")
-    executors[-1].run()
-    manifest = build_manifest(run, cfg)
+    timings = {}
+    for stage, executor in zip(STAGES, executors):  # in order, so each stage's time is known
+        t0 = time.perf_counter()
+        executor.run()
+        timings[stage] = round(time.perf_counter() - t0, 3)
+    manifest = build_manifest(run, cfg, timings)
     shutil.rmtree(_work(run) / "filtered", ignore_errors=True)
     shutil.rmtree(_work(run) / "deduped", ignore_errors=True)
     return manifest

@@ -94,16 +94,16 @@ class RejectWriter(JsonlWriter):
 
 
 class RankJsonlReader(JsonlReader):
-    """Reads exactly `<rank>.jsonl.gz` of an intermediate folder, so document indices line up with the dedup
+    """Reads exactly `<rank>.jsonl` of an intermediate folder, so document indices line up with the dedup
     signatures written by the same rank (a rank that kept nothing has no file: plain sharding would shift ranks)."""
 
     def __init__(self, data_folder: str):
-        super().__init__(data_folder, add_file_path=False)
+        super().__init__(data_folder, compression=None, add_file_path=False)
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if data:
             yield from data
-        name = f"{rank:05d}.jsonl.gz"
+        name = f"{rank:05d}.jsonl"
         if self.data_folder.exists(name):
             for doc in self.read_file(name):
                 self.stat_update("documents")
