@@ -196,21 +196,27 @@ def test_split_is_deterministic(tmp_path):
     assert outs[0] == outs[1] and outs[0][1]
 
 
-def test_cli_end_to_end_prints_summary(tmp_path, capsys):
+def test_cli_end_to_end_prints_summary(tmp_path):
+    """The real entry point, with 2 datatrove worker processes."""
+    import subprocess
+    import sys
+
     src = tmp_path / "corpus"
     src.mkdir()
     for lang in ("ell", "fin"):
         (src / f"{lang}.txt").write_text("\n".join(lines(lang, 50)) + "\n")
-    parser = argparse.ArgumentParser()
-    data_cli.add_arguments(parser)
-    rc = data_cli.main(parser.parse_args(["--run-dir", str(tmp_path / "run"), "--source", str(src), "--workers", "1",
-                                          "--no-progress"]))
-    out = capsys.readouterr().out
-    assert rc == 0
-    assert "100 documents in = " in out and "balanced" in out and "ell" in out and "fin" in out
+    proc = subprocess.run([sys.executable, "-m", "vernacular", "data", "--run-dir", str(tmp_path / "run"), "--source",
+                           str(src), "--tasks", "2", "--workers", "2"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "100 documents in = " in proc.stdout and "(balanced)" in proc.stdout
+    assert "ell" in proc.stdout and "fin" in proc.stdout and "top reasons" in proc.stdout
     rd = RunDir(tmp_path / "run")
     assert rd.read_config()["data"]["sources"] == [str(src)]
-    assert read_json(rd.manifest)["sources"]["corpus"]["declared_licence"] == "unknown"
+    manifest = read_json(rd.manifest)
+    assert manifest["sources"]["corpus"]["declared_licence"] == "unknown"
+    assert set(manifest["stage_seconds"]) == {"filter", "exact_find", "exact_filter", "minhash_buckets",
+                                              "minhash_cluster", "final"}
+    assert {lang for lang, _ in iter_texts(rd)} == {"ell", "fin"}
 
 
 def test_cli_rejects_bad_source(tmp_path, capsys):

@@ -108,3 +108,14 @@ def test_split_assigner_is_seeded():
     b = [d.metadata["split"] for d in SplitAssigner(0.1, seed=0).run([doc(d.text) for d in docs])]
     c = [d.metadata["split"] for d in SplitAssigner(0.1, seed=1).run([doc(d.text) for d in docs])]
     assert a == b and a != c and 20 <= a.count("val") <= 60
+
+
+def test_robots_option_forms(tmp_path):
+    from vernacular.data.pipeline import DataConfig, _robots
+
+    (tmp_path / "zeitung.example.de.txt").write_text("User-agent: GPTBot\nDisallow: /\n")
+    (tmp_path / "r.txt").write_text("User-agent: CCBot\nDisallow: /\n")
+    cfg = DataConfig(robots=[str(tmp_path / "zeitung.example.de.txt"), f"blog.example.eu={tmp_path / 'r.txt'}"])
+    assert set(_robots(cfg)) == {"zeitung.example.de", "blog.example.eu"}
+    with pytest.raises(ValueError, match="DOMAIN=FILE"):
+        _robots(DataConfig(robots=[str(tmp_path / "r.txt")]))

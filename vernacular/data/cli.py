@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--lang-thresholds", default=None, metavar="TOML", help="per-language quality thresholds")
     parser.add_argument("--max-doc-bytes", type=int, default=1_000_000, help="larger documents are quarantined")
     parser.add_argument("--robots", action="append", default=[], metavar="DOMAIN=FILE",
-                        help="repeatable: a site's robots.txt; URLs disallowed for AI crawlers are dropped")
+                        help="repeatable: a site's robots.txt (DOMAIN=FILE, or FILE named <domain>.txt); its URLs "
+                             "disallowed for AI crawlers (GPTBot, CCBot, Google-Extended, ...) are dropped")
     parser.add_argument("--blocklist", default=None, metavar="FILE", help="domains (one per line) to drop")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="held-out validation share per language")
     parser.add_argument("--alpha", type=float, default=0.3, help="language-mix temperature: p_l ∝ n_l^alpha")

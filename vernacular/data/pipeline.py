@@ -72,8 +72,11 @@ def _robots(cfg: DataConfig) -> dict[str, str]:
     out = {}
     for item in cfg.robots:
         domain, sep, path = item.partition("=")
-        if not sep or not domain or not path:
-            raise ValueError(f"--robots expects DOMAIN=FILE, got {item!r}")
+        if not sep:  # FILE named after its site: zeitung.example.de.txt or zeitung.example.de.robots.txt
+            path = item
+            domain = Path(item).name.removesuffix(".txt").removesuffix(".robots")
+        if "." not in domain or not Path(path).is_file():
+            raise ValueError(f"--robots expects DOMAIN=FILE or a file named <domain>.txt, got {item!r}")
         out[domain.strip()] = Path(path).read_text(encoding="utf-8")
     return out
 
