@@ -190,14 +190,17 @@ def test_stop_button_ends_the_stream_and_the_server_frees_the_request(server, br
     from selenium.webdriver.common.keys import Keys
 
     d = browser
+    d.get(server.url + "/")
+    d.execute_script("localStorage.setItem('vernacular.chat.apiKey', arguments[0])", API_KEY)
     d.get(server.url + "/")  # a reload: the API key comes back from localStorage, so the models load at once
+    assert d.find_element("id", "api-key").get_attribute("value") == API_KEY
     status = d.find_element("id", "status")
     wait(d, lambda _: status.text == "ready", "the model list with the stored API key")
     d.find_element("id", "clear").click()
     set_field(d, "system", "")
     set_field(d, "temperature", "0.7")
     set_field(d, "max-tokens", "200")
-    server.gate.close_after(4)  # the prefill and three decode steps, then the engine holds mid-answer
+    server.gate.close_after(8)  # the prefill and seven decode steps, then the engine holds mid-answer
     try:
         d.find_element("id", "input").send_keys("Tell me a long story.", Keys.ENTER)
         assert server.gate.blocked.wait(WAIT_S), "the engine never reached the gate"
