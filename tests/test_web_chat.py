@@ -131,6 +131,8 @@ def test_chat_page_streams_the_same_answer_as_the_api(server, browser, tmp_path)
 
     d = browser
     d.get(server.url + "/")
+    d.execute_script("localStorage.clear()")  # a first visit, whatever ran before in this browser
+    d.get(server.url + "/")
     assert d.title == "Vernacular chat"
     status = d.find_element("id", "status")
     wait(d, lambda _: "API key" in status.text, "the page to say the server wants an API key")
