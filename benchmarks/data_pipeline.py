@@ -37,7 +37,8 @@ def pipeline_throughput(corpus: Path, workers: int, tmp: Path) -> dict:
     dt = time.perf_counter() - t0
     assert manifest["totals"]["balanced"] and manifest["totals"]["documents_in"] == n_docs
     return {"documents": n_docs, "bytes": n_bytes, "seconds": dt, "docs_per_s": n_docs / dt,
-            "mb_per_s": n_bytes / 1e6 / dt, "kept": manifest["totals"]["documents_kept"]}
+            "mb_per_s": n_bytes / 1e6 / dt, "kept": manifest["totals"]["documents_kept"],
+            "stage_seconds": manifest["stage_seconds"]}
 
 
 def dedup_documents(corpus: Path, seed: int = 0) -> tuple[list[str], set[tuple[int, int]]]:
@@ -124,6 +125,7 @@ def main() -> None:
             results["pipeline"] = r
             print(f"pipeline: {r['documents']} docs, {r['bytes'] / 1e6:.2f} MB in {r['seconds']:.1f} s -> "
                   f"{r['docs_per_s']:.0f} docs/s, {r['mb_per_s']:.2f} MB/s ({r['kept']} kept)")
+            print("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_seconds"].items()))
         docs, planted = dedup_documents(corpus)
         t_ours, p_ours = datatrove_minhash(docs, tmp / "mh")
         t_base, p_base = datasketch_minhash(docs)
