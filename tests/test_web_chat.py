@@ -149,7 +149,8 @@ def test_chat_page_streams_the_same_answer_as_the_api(server, browser, tmp_path)
     box = d.find_element("id", "input")
     box.send_keys(question, Keys.ENTER)
     error = wait(d, lambda drv: drv.find_elements("css selector", ".msg.error .content"), "the error message")[0]
-    assert error.text.startswith("HTTP 400: max_tokens is 100000") and "param: max_tokens" in error.text, error.text
+    assert error.text.startswith("HTTP 400: ") and "100000" in error.text, error.text  # status and server's message
+    assert "(invalid_request_error" in error.text and "param: max_tokens" in error.text, error.text  # type, param
     wait(d, lambda _: box.get_attribute("value") == question, "the question back in the input box")
     assert not d.find_elements("css selector", ".msg.assistant")
 
