@@ -16,7 +16,6 @@ import argparse
 import json
 import random
 import shutil
-import struct
 import tempfile
 import time
 from collections import defaultdict

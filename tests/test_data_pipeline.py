@@ -4,7 +4,6 @@ counted, and documents in = kept + removed."""
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 from collections import Counter
 from pathlib import Path

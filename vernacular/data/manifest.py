@@ -12,6 +12,7 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from vernacular.data.robots import domain_of
 from vernacular.run import RunDir, read_json, write_json
 
 TOP_DOMAINS = 10
@@ -63,8 +64,6 @@ def build_manifest(run: RunDir, cfg, timings: dict[str, float] | None = None) ->
         e["kept"][meta["split"]]["bytes"] += nbytes
         e["pii_redactions"].update(meta.get("pii", {}))
         if url := meta.get("url"):
-            from vernacular.data.robots import domain_of
-
             e["domains"][domain_of(url)] += nbytes
 
     sources_out, lang_train_bytes, totals = {}, Counter(), Counter()

@@ -14,8 +14,8 @@ p_l of the natural total. Validation stays natural: one file per language, never
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +129,6 @@ def write_shards(run_dir: str | os.PathLike | RunDir, tokenizer_path: str | os.P
                              for lang in text_languages(run, split)} for split in ("train", "val")}
 
     tmp_root = run.tokens.with_name("tokens.tmp")
-    import shutil
-
     shutil.rmtree(tmp_root, ignore_errors=True)
     # train: temperature mix over the natural token counts
     natural = {lang: sum(len(d) for d in docs) for lang, (docs, _) in tokenized["train"].items()}

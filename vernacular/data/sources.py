@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from datatrove.data import Document
@@ -197,8 +197,8 @@ class TxtSourceReader(_SpecReaderMixin, BaseDiskReader):
             chunk = chunk.removesuffix(b"\r")
             try:
                 text = chunk.decode("utf-8")
-            except UnicodeDecodeError as e:
-                yield _quarantined(f"invalid-utf8", self.source, loc, chunk.decode("utf-8", "backslashreplace"), chunk)
+            except UnicodeDecodeError:
+                yield _quarantined("invalid-utf8", self.source, loc, chunk.decode("utf-8", "backslashreplace"), chunk)
                 continue
             doc = _document(text, self.source, loc, None, path_lang)
             if self.source.kind == "demo":
@@ -246,7 +246,7 @@ class JsonlSourceReader(_SpecReaderMixin, BaseDiskReader):
                     continue
                 try:
                     record = json.loads(decoded)
-                except json.JSONDecodeError as e:
+                except json.JSONDecodeError:
                     yield _quarantined("broken-json", self.source, loc, decoded)
                     continue
                 if not isinstance(record, dict):
@@ -311,6 +311,3 @@ def make_reader(source: SourceSpec, *, progress: bool = False):
         return HubSourceReader(source, doc_progress=progress)
     raise ValueError(f"unknown source kind {source.kind!r}")
 
-
-def with_name(source: SourceSpec, name: str) -> SourceSpec:
-    return replace(source, name=name)
