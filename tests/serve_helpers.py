@@ -53,7 +53,8 @@ def save_checkpoint(model, folder: Path, step: int = 1) -> Path:
     save_file(state, str(folder / "model.safetensors"))
     digest = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
     (folder / "state.json").write_text(json.dumps({
-        "step": step, "model_config": model.config.to_dict(), "sha256": {"model.safetensors": digest},
+        "step": step, "model_config": model.config.to_dict(),
+        "files": {"model.safetensors": {"sha256": digest, "bytes": (folder / "model.safetensors").stat().st_size}},
     }))  # fmt: skip
     return folder
 

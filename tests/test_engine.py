@@ -245,7 +245,7 @@ def test_loader_finds_latest_checkpoint_and_rejects_corrupt_ones(run_dir, tmp_pa
     with pytest.raises(CheckpointError, match="sha256"):
         load_model_for_serving(tmp_path)
     state = json.loads((weights.parent / "state.json").read_text())
-    del state["sha256"]  # without a recorded checksum the safetensors reader itself must catch it
+    del state["files"]  # without a recorded checksum the safetensors reader itself must catch it
     (weights.parent / "state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="truncated or not a safetensors"):
         load_model_for_serving(tmp_path)

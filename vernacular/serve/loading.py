@@ -9,7 +9,6 @@ model_type "deepseek_v3") goes through the interop importer. Every failure names
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from vernacular.run import RunDir
+from vernacular.train.checkpoint import file_sha256
 
 _STEP = re.compile(r"^step_(\d+)$")
 
@@ -90,27 +90,6 @@ def find_tokenizer_dir(checkpoint: Path, run_dir: str | Path | None = None) -> P
     )
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _recorded_checksum(state: Any, filename: str) -> str | None:
-    """The sha256 the trainer recorded for `filename`, wherever in state.json it keeps its checksum table."""
-    if isinstance(state, dict):
-        value = state.get(filename)
-        if isinstance(value, str) and re.fullmatch(r"[0-9a-f]{64}", value):
-            return value
-        for v in state.values():
-            found = _recorded_checksum(v, filename)
-            if found:
-                return found
-    return None
-
-
 def read_model_config(checkpoint: Path) -> tuple[dict[str, Any], str]:
     """(config dict, layout) where layout is "vernacular" or "hf"."""
     state_path, config_path = checkpoint / "state.json", checkpoint / "config.json"
@@ -146,8 +125,9 @@ def load_model_for_serving(
     else:
         weights = checkpoint / "model.safetensors"
         if (checkpoint / "state.json").exists():
-            expected = _recorded_checksum(json.loads((checkpoint / "state.json").read_text()), "model.safetensors")
-            if expected is not None and _sha256(weights) != expected:
+            recorded = json.loads((checkpoint / "state.json").read_text()).get("files", {}).get("model.safetensors", {})
+            expected = recorded.get("sha256")  # what the trainer's save_checkpoint records
+            if expected is not None and file_sha256(weights) != expected:
                 raise CheckpointError(f"{weights} is corrupt: its sha256 does not match the one in state.json")
         try:
             cfg = ModelConfig.from_dict(config)

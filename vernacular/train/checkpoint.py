@@ -48,7 +48,7 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -128,7 +128,7 @@ def save_checkpoint(root: Path, step: int, model_state: dict[str, torch.Tensor],
     files = {}
     for name in (MODEL_FILE, OPTIM_FILE):
         _fsync_file(tmp / name)
-        files[name] = {"sha256": _sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
+        files[name] = {"sha256": file_sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
     full_state = dict(state, step=step, files=files, optimizer_scalars=optim_scalars)
     with open(tmp / STATE_FILE, "w", encoding="utf-8") as f:
         json.dump(full_state, f, indent=1, default=_json_default)
@@ -219,7 +219,7 @@ def verify_checkpoint(path: Path) -> None:
         size = file.stat().st_size
         if size != expected["bytes"]:
             raise CheckpointError(f"{file} has {size} bytes, expected {expected['bytes']} (truncated?)")
-        if _sha256(file) != expected["sha256"]:
+        if file_sha256(file) != expected["sha256"]:
             raise CheckpointError(f"{file} fails its sha256 check (corrupt)")
         try:
             with safe_open(file, framework="pt") as f:
