@@ -195,6 +195,22 @@ def test_split_is_deterministic(tmp_path):
     assert outs[0] == outs[1] and outs[0][1]
 
 
+def test_small_languages_get_a_validation_document(tmp_path):
+    for lang, n in (("lit", 12), ("mlt", 3)):
+        (tmp_path / f"{lang}.txt").write_text("\n".join(lines(lang, n)) + "\n")
+    rd = RunDir(tmp_path / "run")
+    manifest = run_pipeline(DataConfig(sources=[str(tmp_path / "lit.txt"), str(tmp_path / "mlt.txt")], workers=1,
+                                       progress=False, val_fraction=0.0), rd)
+    for lang in ("lit", "mlt"):
+        val = [t for _, t in iter_texts(rd, "val", [lang])]
+        train = [t for _, t in iter_texts(rd, "train", [lang])]
+        assert len(val) == 1 and len(train) >= 1 and val[0] not in train
+    assert manifest["val_documents_moved_from_train"] == {"lit": 1, "mlt": 1}
+    assert manifest["totals"]["balanced"]
+    sources = read_json(rd.manifest)["sources"]
+    assert [s["languages"]["mlt"]["kept"]["val"]["documents"] for n, s in sources.items() if n.endswith("mlt.txt")] == [1]
+
+
 def test_cli_end_to_end_prints_summary(tmp_path):
     """The real entry point, with 2 datatrove worker processes."""
     import subprocess

@@ -32,6 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "disallowed for AI crawlers (GPTBot, CCBot, Google-Extended, ...) are dropped")
     parser.add_argument("--blocklist", default=None, metavar="FILE", help="domains (one per line) to drop")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="held-out validation share per language")
+    parser.add_argument("--min-val-docs", type=int, default=1,
+                        help="per language, at least this many validation documents (moved from train)")
     parser.add_argument("--alpha", type=float, default=0.3, help="language-mix temperature: p_l ∝ n_l^alpha")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tokenizer", default=None, metavar="PATH",
@@ -67,7 +69,8 @@ def main(args: argparse.Namespace) -> int:
         txt_mode=args.txt_mode, hf_split=args.hf_split, hf_streaming=not args.no_hf_streaming, languages=languages,
         lid_min_declared_prob=args.lid_min_declared_prob, lang_thresholds=args.lang_thresholds,
         max_doc_bytes=args.max_doc_bytes, robots=args.robots, blocklist=args.blocklist,
-        val_fraction=args.val_fraction, alpha=args.alpha, seed=args.seed, tasks=args.tasks, workers=args.workers,
+        val_fraction=args.val_fraction, min_val_docs=args.min_val_docs, alpha=args.alpha, seed=args.seed,
+        tasks=args.tasks, workers=args.workers,
         progress=not args.no_progress)
     run = RunDir(args.run_dir).create()
     try:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vernacular.data.languages import ALL_LANGUAGES
-from vernacular.run import RunDir
+from vernacular.run import RunDir, write_json
 
 STAGES: tuple[str, ...] = ("filter", "exact_find", "exact_filter", "minhash_buckets", "minhash_cluster", "final")
 
@@ -44,6 +44,7 @@ class DataConfig:
     minhash_buckets: int = 14
     minhash_hashes_per_bucket: int = 8
     val_fraction: float = 0.05
+    min_val_docs: int = 1  # per language, taken from train when the split hash left fewer
     alpha: float = 0.3
     seed: int = 0
     tasks: int = 2
@@ -204,7 +205,12 @@ def run_pipeline(cfg: DataConfig, run_dir: str | RunDir) -> dict:
         t0 = time.perf_counter()
         executor.run()
         timings[stage] = round(time.perf_counter() - t0, 3)
+    from vernacular.data.text import ensure_val_documents
+
+    moved = ensure_val_documents(run, cfg.seed, cfg.min_val_docs)
     manifest = build_manifest(run, cfg, timings)
+    manifest["val_documents_moved_from_train"] = moved
+    write_json(run.manifest, manifest)
     shutil.rmtree(_work(run) / "filtered", ignore_errors=True)
     shutil.rmtree(_work(run) / "deduped", ignore_errors=True)
     return manifest

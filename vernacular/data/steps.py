@@ -389,6 +389,12 @@ class PIIRedactor(PIIFormatter):
 # ---------------------------------------------------------------------------------------------------- output
 
 
+def split_hash(text: str, seed: int) -> float:
+    """A uniform number in [0, 1) from the text and the seed."""
+    h = hashlib.blake2b(f"{seed}\0{text}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") / 2**64
+
+
 class SplitAssigner(PipelineStep):
     """Per-language held-out validation split: a seeded hash of the text decides, so the split does not depend on
     the number of tasks, file order or reruns (and identical texts cannot straddle it)."""
@@ -405,9 +411,7 @@ class SplitAssigner(PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         for doc in data:
-            h = hashlib.blake2b(f"{self.seed}\0{doc.text}".encode(), digest_size=8).digest()
-            u = int.from_bytes(h, "little") / 2**64
-            doc.metadata["split"] = "val" if u < self.val_fraction else "train"
+            doc.metadata["split"] = "val" if split_hash(doc.text, self.seed) < self.val_fraction else "train"
             self.stat_update(doc.metadata["split"])
             yield doc
 

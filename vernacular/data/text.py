@@ -44,3 +44,39 @@ def iter_texts(run_dir: str | os.PathLike | RunDir, split: str = "train",
     deterministic for a given run directory."""
     for lang, record in iter_records(run_dir, split, langs):
         yield lang, record["text"]
+
+
+def ensure_val_documents(run_dir: str | os.PathLike | RunDir, seed: int = 0, min_docs: int = 1) -> dict[str, int]:
+    """Give every language at least `min_docs` validation documents (while keeping at least one for training).
+
+    The split hash alone can leave a small language without any held-out text; this moves the train documents with the
+    lowest split hashes over, so the choice stays deterministic. Returns {lang: documents moved}."""
+    from vernacular.data.steps import split_hash
+
+    root = _text_dir(run_dir)
+    moved = {}
+    for lang in text_languages(run_dir, "train"):
+        have = sum(1 for _ in iter_records(run_dir, "val", [lang])) if (root / "val" / lang).is_dir() else 0
+        records = list(iter_records(run_dir, "train", [lang]))
+        need = min(min_docs - have, len(records) - 1)
+        if need <= 0:
+            continue
+        chosen = set(sorted(range(len(records)), key=lambda i: split_hash(records[i][1]["text"], seed))[:need])
+        for path in sorted((root / "train" / lang).glob("*.jsonl.gz")):
+            path.unlink()
+        _write_records(root / "train" / lang / "00000.jsonl.gz", [r for i, (_, r) in enumerate(records) if i not in chosen])
+        val = [r for i, (_, r) in enumerate(records) if i in chosen]
+        for r in val:
+            r["metadata"]["split"] = "val"
+        _write_records(root / "val" / lang / "99999.jsonl.gz", val)
+        moved[lang] = len(val)
+    return moved
+
+
+def _write_records(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with gzip.open(tmp, "wt", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
