@@ -86,7 +86,7 @@ def _minhash_config(cfg: DataConfig):
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.utils.hashing import HashConfig
 
-    # sha1 shingle hashes: datatrove's xxhash path is handed str shingles, which the installed xxhash rejects
+    # sha1 shingle hashes: datatrove's xxhash path hands str shingles to xxhash, which wants bytes
     return MinhashConfig(n_grams=cfg.minhash_ngrams, num_buckets=cfg.minhash_buckets,
                          hashes_per_bucket=cfg.minhash_hashes_per_bucket, seed=cfg.seed + 1,
                          hash_config=HashConfig(precision=64, hash_fc="sha1"))
@@ -94,10 +94,12 @@ def _minhash_config(cfg: DataConfig):
 
 def _exact_config():
     from datatrove.pipeline.dedup.exact_dedup import ExactDedupConfig
+    from datatrove.utils.hashing import HashConfig
 
     from vernacular.data.steps import doc_text
 
-    return ExactDedupConfig(content_getter=doc_text)
+    # sha1 (hashlib) rather than datatrove's default xxhash: no extra dependency, and str input works
+    return ExactDedupConfig(content_getter=doc_text, hash_config=HashConfig(precision=64, hash_fc="sha1"))
 
 
 def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter") -> list:

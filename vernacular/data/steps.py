@@ -307,9 +307,9 @@ class OptOutFilter(BaseFilter):
         return True
 
 
-def doc_text(doc: Document) -> bytes:
-    """Content getter for datatrove's exact dedup: UTF-8 bytes, which its default xxhash needs."""
-    return doc.text.encode("utf-8")
+def doc_text(doc: Document) -> str:
+    """Content getter for datatrove's exact dedup (hashed with sha1, see pipeline._exact_config)."""
+    return doc.text
 
 
 # ---------------------------------------------------------------------------------------------------- PII
