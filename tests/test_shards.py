@@ -157,4 +157,10 @@ def test_data_cli_tokenizes_when_given_a_tokenizer(tmp_path, capsys):
     meta = read_json(run.tokens / "meta.json")
     assert set(meta["splits"]["train"]) == {"deu", "ell"} and meta["totals"]["train"] > 0
     assert "tokens:" in capsys.readouterr().out
+    assert meta["alpha"] == 0.3
+    run.record_stage("data", {**run.read_config()["data"], "alpha": 0.0})  # as `vernacular data --alpha 0` would
+    uniform = write_shards(run, tok)  # the tokenizer stage calls it like this
+    assert uniform["alpha"] == 0.0
+    shares = [m["tokens"] for m in uniform["splits"]["train"].values()]
+    assert max(shares) / min(shares) == pytest.approx(1.0, abs=0.1)
     assert read_json(run.manifest)["sources"]["corpus"]["languages"]["deu"]["tokens"]["train"] > 0

@@ -102,13 +102,17 @@ def mix_order(doc_tokens: list[int], target_tokens: float, rng: np.random.Genera
     return order
 
 
-def write_shards(run_dir: str | os.PathLike | RunDir, tokenizer_path: str | os.PathLike, *, alpha: float = 0.3,
-                 seed: int = 0) -> dict:
+def write_shards(run_dir: str | os.PathLike | RunDir, tokenizer_path: str | os.PathLike, *, alpha: float | None = None,
+                 seed: int | None = None) -> dict:
     """Tokenize the run's train and val text into RunDir.tokens (layout in the module docstring); return meta.json's
-    content and add token counts to the manifest."""
+    content and add token counts to the manifest. alpha and seed default to the data stage's (run.toml), else 0.3, 0:
+    `vernacular data --alpha 0.5` followed by `vernacular tokenizer` keeps the 0.5 mix."""
     from tokenizers import Tokenizer
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    data_cfg = run.read_config().get("data", {})
+    alpha = float(data_cfg.get("alpha", 0.3)) if alpha is None else alpha
+    seed = int(data_cfg.get("seed", 0)) if seed is None else seed
     tokenizer_path = Path(tokenizer_path)
     if tokenizer_path.is_dir():
         tokenizer_path = tokenizer_path / "tokenizer.json"
