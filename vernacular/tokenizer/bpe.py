@@ -128,15 +128,20 @@ def train_parity_bpe(train_words: dict[str, Counter], dev_words: dict[str, Count
     steered = 0
     steered_by_lang = Counter()
     bar = tqdm(total=n_merges, desc="parity-aware BPE merges", unit="merge", disable=not progress, mininterval=1.0)
+    exhausted: set[int] = set()  # languages with no pair left at min_frequency: steering skips them
     while len(merges) < n_merges:
         rates = [dev_tokens[i] / norm[i] for i in range(len(langs))]
-        worst = max(range(len(langs)), key=lambda i: rates[i])
         base = rates[ref] if ref is not None else min(rates)
         pair = None
-        if len(merges) >= config.warmup and base > 0 and rates[worst] / base > config.target:
+        while pair is None and len(merges) >= config.warmup and base > 0 and len(exhausted) < len(langs):
+            worst = max((i for i in range(len(langs)) if i not in exhausted), key=lambda i: rates[i])
+            if rates[worst] / base <= config.target:
+                break
             lc = lcounts[worst]
             pair = pop_best(lheaps[worst], lambda p: lscore(lc, p))
-            if pair is not None:
+            if pair is None:
+                exhausted.add(worst)
+            else:
                 steered += 1
                 steered_by_lang[langs[worst]] += 1
         if pair is None:
