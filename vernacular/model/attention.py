@@ -22,7 +22,9 @@ from .layers import RMSNorm, apply_rope
 
 
 class LatentKVCache:
-    """Per-layer latent cache: `kv[l]` [num_slots, max_len, kv_lora_rank], `pe[l]` [num_slots, max_len, rope_dim].
+    """Per-layer latent cache: `kvpe[l]` [num_slots, max_len, kv_lora_rank + rope_dim], the normalised latent followed
+    by the RoPE'd shared key, so one batched matmul scores a query against both; `kv[l]` / `pe[l]` are views of the two
+    parts.
 
     A slot is one sequence; the caller (the serving engine) owns slot allocation and each sequence's length, and
     passes `slots`/`start_pos` to the model. Stale entries past a sequence's length are never read (masked).
@@ -40,39 +42,89 @@ class LatentKVCache:
             raise ValueError(f"LatentKVCache needs num_slots > 0 and max_len > 0, got {num_slots}, {max_len}")
         self.num_slots, self.max_len, self.dtype = num_slots, max_len, dtype
         self.num_layers = config.num_hidden_layers
-        shape_kv = (num_slots, max_len, config.kv_lora_rank)
-        shape_pe = (num_slots, max_len, config.qk_rope_head_dim)
-        self.kv = [torch.zeros(shape_kv, dtype=dtype, device=device) for _ in range(self.num_layers)]
-        self.pe = [torch.zeros(shape_pe, dtype=dtype, device=device) for _ in range(self.num_layers)]
+        self.rank = config.kv_lora_rank
+        shape = (num_slots, max_len, config.kv_lora_rank + config.qk_rope_head_dim)
+        self.kvpe = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(self.num_layers)]
+        self.kv = [t[..., : self.rank] for t in self.kvpe]
+        self.pe = [t[..., self.rank :] for t in self.kvpe]
 
     @property
     def device(self) -> torch.device:
-        return self.kv[0].device
+        return self.kvpe[0].device
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.kv + self.pe)
+        return sum(t.numel() * t.element_size() for t in self.kvpe)
 
     def check(self, slots: torch.Tensor, start_pos: torch.Tensor, seq_len: int) -> None:
         """Clear errors instead of silent out-of-range writes."""
+        self.step(slots, start_pos, seq_len)
+
+    def step(self, slots: torch.Tensor, start_pos: torch.Tensor, seq_len: int) -> "CacheStep":
+        """Validate one forward's cache addressing and derive everything the layers need from it, once per forward:
+        the host reads the (small) slot/position lists a single time, instead of every layer syncing on them."""
         if slots.dim() != 1 or start_pos.shape != slots.shape:
             raise ValueError(f"slots and start_pos must both be [batch], got {tuple(slots.shape)}, {tuple(start_pos.shape)}")
-        if slots.numel() and (int(slots.min()) < 0 or int(slots.max()) >= self.num_slots):
-            raise ValueError(f"slot index out of range [0, {self.num_slots}): {slots.tolist()}")
-        if len(set(slots.tolist())) != slots.numel():
-            raise ValueError(f"each batch row needs its own cache slot, got {slots.tolist()}")
-        if start_pos.numel() and (int(start_pos.min()) < 0 or int(start_pos.max()) + seq_len > self.max_len):
-            raise ValueError(
-                f"positions start_pos+{seq_len} exceed the cache length {self.max_len}: start_pos={start_pos.tolist()}"
-            )
+        slot_list, pos_list = slots.tolist(), start_pos.tolist()
+        if any(s < 0 or s >= self.num_slots for s in slot_list):
+            raise ValueError(f"slot index out of range [0, {self.num_slots}): {slot_list}")
+        if len(set(slot_list)) != len(slot_list):
+            raise ValueError(f"each batch row needs its own cache slot, got {slot_list}")
+        if any(p < 0 or p + seq_len > self.max_len for p in pos_list):
+            raise ValueError(f"positions start_pos+{seq_len} exceed the cache length {self.max_len}: start_pos={pos_list}")
+        return CacheStep(self, slots, start_pos, slot_list, pos_list, seq_len)
 
     def write(self, layer: int, slots: torch.Tensor, start_pos: torch.Tensor, kv: torch.Tensor, pe: torch.Tensor):
         """Store the T new tokens of row b at positions start_pos[b].. of slot slots[b]."""
-        T = kv.shape[1]
-        cols = start_pos[:, None] + torch.arange(T, device=start_pos.device)
-        rows = slots[:, None].expand_as(cols)
-        self.kv[layer][rows, cols] = kv.to(self.dtype)
-        self.pe[layer][rows, cols] = pe.to(self.dtype)
+        self.step(slots, start_pos, kv.shape[1]).write(layer, kv, pe)
+
+
+class CacheStep:
+    """One forward's view of a `LatentKVCache`: where the T new tokens of each row go, which cached positions the
+    rows read, and the attention mask. Built once per forward by `LatentKVCache.step`, shared by every layer.
+
+    Reads are a slice (no copy) when the slots form a contiguous range, as they do for a single sequence; the mask is
+    None when every row sees every position it reads (one new token per row, all rows at the same length).
+    """
+
+    def __init__(self, cache: LatentKVCache, slots: torch.Tensor, start_pos: torch.Tensor, slot_list: list[int],
+                 pos_list: list[int], seq_len: int):  # fmt: skip
+        self.cache, self.seq_len = cache, seq_len
+        B, T = len(slot_list), seq_len
+        self.end = max(pos_list) + T if pos_list else T
+        first = slot_list[0] if slot_list else 0
+        self.slot_range = (first, first + B) if slot_list == list(range(first, first + B)) else None
+        self.single = (slot_list[0], pos_list[0]) if B == 1 else None
+        device = cache.device
+        if self.single is None:
+            self.cols = start_pos.to(device)[:, None] + torch.arange(T, device=device)  # [B, T]
+            self.rows = slots.to(device)[:, None].expand_as(self.cols)
+        self.slots = slots.to(device)
+        if T == 1 and min(pos_list, default=0) + 1 == self.end:
+            self.mask = None
+        else:
+            query_pos = start_pos.to(device)[:, None] + torch.arange(T, device=device)  # [B, T]
+            visible = torch.arange(self.end, device=device)[None, None, :] <= query_pos[:, :, None]  # [B, T, L]
+            self.mask = torch.zeros(visible.shape, dtype=torch.float32, device=device)
+            self.mask = self.mask.masked_fill_(~visible, float("-inf"))[:, :, None, :]  # [B, T, 1, L]
+
+    def write(self, layer: int, kv: torch.Tensor, pe: torch.Tensor) -> None:
+        """Store the new latents [B, T, R] and RoPE'd keys [B, T, rope] of this layer."""
+        c = self.cache
+        if self.single is not None:
+            slot, pos = self.single
+            c.kv[layer][slot, pos : pos + self.seq_len] = kv[0]
+            c.pe[layer][slot, pos : pos + self.seq_len] = pe[0]
+        else:
+            c.kv[layer][self.rows, self.cols] = kv.to(c.dtype)
+            c.pe[layer][self.rows, self.cols] = pe.to(c.dtype)
+
+    def read(self, layer: int) -> torch.Tensor:
+        """[B, end, R + rope]: latent and RoPE key of every position the rows may attend to."""
+        t = self.cache.kvpe[layer]
+        if self.slot_range is not None:
+            return t[self.slot_range[0] : self.slot_range[1], : self.end]
+        return t[self.slots, : self.end]
 
 
 class MLA(nn.Module):
@@ -130,30 +182,24 @@ class MLA(nn.Module):
         out = out[..., : self.v_head_dim].transpose(1, 2).reshape(B, T, self.n_heads * self.v_head_dim)
         return self.o_proj(out)
 
-    def forward_cached(
-        self,
-        x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
-        cache: LatentKVCache,
-        slots: torch.Tensor,
-        start_pos: torch.Tensor,
-    ) -> torch.Tensor:
-        """Absorbed attention against the latent cache; row b's new tokens sit at start_pos[b]..start_pos[b]+T-1."""
+    def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: CacheStep) -> torch.Tensor:
+        """Absorbed attention against the latent cache; row b's new tokens sit at start_pos[b]..start_pos[b]+T-1.
+
+        Per head, W_UK folds into the query (scores against the latent) and W_UV into the output; both are views of
+        kv_b_proj.weight multiplied with `bmm`, so nothing is re-derived or copied per step. Query rows are (token,
+        head) pairs, so one bmm per batch row scores all heads against [latent | rope key] at once."""
         B, T, _ = x.shape
+        H, R, nope = self.n_heads, self.kv_lora_rank, self.qk_nope_head_dim
         q_nope, q_pe, latent, k_pe = self._project(x, cos, sin)
-        cache.write(self.layer_idx, slots, start_pos, latent, k_pe)
-        end = int(start_pos.max()) + T
-        kv_cache = cache.kv[self.layer_idx][slots, :end].to(x.dtype)  # [B, L, R]
-        pe_cache = cache.pe[self.layer_idx][slots, :end].to(x.dtype)  # [B, L, rope]
-        w = self.kv_b_proj.weight.view(self.n_heads, self.qk_nope_head_dim + self.v_head_dim, self.kv_lora_rank)
-        q_latent = torch.einsum("bthd,hdc->bthc", q_nope, w[:, : self.qk_nope_head_dim])
-        scores = torch.einsum("bthc,blc->bthl", q_latent, kv_cache) + torch.einsum("bthr,blr->bthl", q_pe, pe_cache)
-        scores = scores * self.softmax_scale
-        query_pos = start_pos[:, None] + torch.arange(T, device=x.device)  # [B, T]
-        visible = torch.arange(end, device=x.device)[None, None, :] <= query_pos[:, :, None]  # [B, T, L]
-        scores = scores.masked_fill(~visible[:, :, None, :], float("-inf"))
+        step.write(self.layer_idx, latent, k_pe)
+        cached = step.read(self.layer_idx).to(x.dtype)  # [B, L, R + rope]
+        w = self.kv_b_proj.weight.view(H, nope + self.v_head_dim, R)
+        q_latent = torch.bmm(q_nope.reshape(B * T, H, nope).transpose(0, 1), w[:, :nope])  # [H, B*T, R]
+        q = torch.cat([q_latent.transpose(0, 1), q_pe.reshape(B * T, H, -1)], dim=-1).view(B, T * H, -1)
+        scores = torch.bmm(q, cached.transpose(1, 2)).mul_(self.softmax_scale)  # [B, T*H, L]
+        if step.mask is not None:
+            scores.view(B, T, H, -1).add_(step.mask)
         probs = scores.softmax(dim=-1, dtype=torch.float32).to(x.dtype)
-        out = torch.einsum("bthl,blc->bthc", probs, kv_cache)
-        out = torch.einsum("bthc,hdc->bthd", out, w[:, self.qk_nope_head_dim :])
-        return self.o_proj(out.reshape(B, T, self.n_heads * self.v_head_dim))
+        out = torch.bmm(probs, cached[..., :R])  # [B, T*H, R]
+        out = torch.bmm(out.view(B * T, H, R).transpose(0, 1), w[:, nope:].transpose(1, 2))  # [H, B*T, v]
+        return self.o_proj(out.transpose(0, 1).reshape(B, T, H * self.v_head_dim))

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import MLA, LatentKVCache
+from .attention import MLA, CacheStep, LatentKVCache
 from .config import ModelConfig
 from .layers import MLP, RMSNorm, RotaryEmbedding
 from .moe import MoE
@@ -51,16 +51,14 @@ class DecoderLayer(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: LatentKVCache | None = None,
-        slots: torch.Tensor | None = None,
-        start_pos: torch.Tensor | None = None,
+        step: CacheStep | None = None,
         want_balance_loss: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.input_layernorm(x)
-        if cache is None:
+        if step is None:
             x = x + self.self_attn(h, cos, sin)
         else:
-            x = x + self.self_attn.forward_cached(h, cos, sin, cache, slots, start_pos)
+            x = x + self.self_attn.forward_cached(h, cos, sin, step)
         h = self.post_attention_layernorm(x)
         if self.is_moe:
             h, balance = self.mlp(h, want_balance_loss)
@@ -145,11 +143,12 @@ class Transformer(nn.Module):
             slots, start_pos = slots.to(input_ids.device).long(), start_pos.to(input_ids.device).long()
             if slots.shape != (B,):
                 raise ValueError(f"slots must have shape ({B},), got {tuple(slots.shape)}")
-            cache.check(slots, start_pos, T)
+            step = cache.step(slots, start_pos, T)
             positions = start_pos[:, None] + torch.arange(T, device=input_ids.device)
         elif T > cfg.max_position_embeddings:
             raise ValueError(f"sequence length {T} exceeds max_position_embeddings {cfg.max_position_embeddings}")
         else:
+            step = None
             positions = torch.arange(T, device=input_ids.device)[None]
 
         x = self.model.embed_tokens(input_ids)
@@ -157,7 +156,7 @@ class Transformer(nn.Module):
         want_balance = labels is not None and self.training and cfg.seq_aux_loss_weight > 0 and cfg.has_moe
         balance_losses = []
         for layer in self.model.layers:
-            x, bal = layer(x, cos, sin, cache, slots, start_pos, want_balance)
+            x, bal = layer(x, cos, sin, step, want_balance)
             if bal is not None:
                 balance_losses.append(bal)
         h = self.model.norm(x)
