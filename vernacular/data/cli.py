@@ -75,7 +75,7 @@ def main(args: argparse.Namespace) -> int:
     run = RunDir(args.run_dir).create()
     try:
         manifest = run_pipeline(cfg, run)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, ImportError) as e:  # bad spec, missing file, `datasets` not installed
         print(f"error: {e}", file=sys.stderr)
         return 2
     run.record_stage("data", config_record(cfg))
