@@ -153,8 +153,8 @@ def train_parity_bpe(train_words: dict[str, Counter], dev_words: dict[str, Count
         id2tok.append(id2tok[a] + id2tok[b])
         merges.append((id2tok[a], id2tok[b]))
 
-        delta: dict[int, int] = {}
-        ldelta: list[dict[int, int]] = [dict() for _ in langs]
+        born: set[int] = set()  # pairs this merge creates: they all contain `new`, the only ones whose count grows
+        lborn: list[set[int]] = [set() for _ in langs]
         for wi in where.pop(pair, ()):
             w = words[wi]
             sym = w.symbols
@@ -185,31 +185,31 @@ def train_parity_bpe(train_words: dict[str, Counter], dev_words: dict[str, Count
                     continue
                 if d > 0:
                     where.setdefault(p, set()).add(wi)
-                if total:
-                    delta[p] = delta.get(p, 0) + d * total
-                    for li, c in w.train:
-                        ld = ldelta[li]
-                        ld[p] = ld.get(p, 0) + d * c
-        for p, d in delta.items():
-            c = counts.get(p, 0) + d
-            if c > 0:
-                counts[p] = c
-            else:
-                counts.pop(p, None)
-            pa, pb = divmod(p, SHIFT)
-            if (pa == new or pb == new) and c > 0:  # a brand-new pair: the only kind whose count can grow
-                heapq.heappush(heap, (-c, p))
-        for li, ld in enumerate(ldelta):
-            lc = lcounts[li]
-            for p, d in ld.items():
-                c = lc.get(p, 0) + d
+                if not total:
+                    continue
+                # counts are updated in place: old pairs only fall and new ones only grow, so none crosses zero twice
+                c = counts.get(p, 0) + d * total
                 if c > 0:
-                    lc[p] = c
+                    counts[p] = c
                 else:
-                    lc.pop(p, None)
-                pa, pb = divmod(p, SHIFT)
-                if (pa == new or pb == new) and c > 0:
-                    heapq.heappush(lheaps[li], (-lscore(lc, p), p))
+                    counts.pop(p, None)
+                if d > 0:
+                    born.add(p)
+                for li, cl in w.train:
+                    lc = lcounts[li]
+                    c = lc.get(p, 0) + d * cl
+                    if c > 0:
+                        lc[p] = c
+                    else:
+                        lc.pop(p, None)
+                    if d > 0:
+                        lborn[li].add(p)
+        for p in sorted(born):
+            heapq.heappush(heap, (-counts[p], p))
+        for li, ps in enumerate(lborn):
+            lc = lcounts[li]
+            for p in sorted(ps):
+                heapq.heappush(lheaps[li], (-lscore(lc, p), p))
         counts.pop(pair, None)
         for lc in lcounts:
             lc.pop(pair, None)
