@@ -59,6 +59,23 @@ def test_cached_greedy_equals_full_recomputation(engine):
     assert len(set(got.token_ids)) > 3  # a real, varied continuation, not one repeated token
 
 
+def test_non_streaming_request_gets_one_aggregated_output(engine):
+    """stream=False: a single StepOutput at the end, identical to joining the streamed ones (text, ids, logprobs)."""
+    prompt = prompts(engine.tokenizer, 2)[1]
+    params = greedy(20, logprobs=2, prompt_logprobs=1)
+    streamed = list(engine.generate(prompt, params))
+    held = list(engine.generate(prompt, params, stream=False))
+    assert len(streamed) > 1 and len(held) == 1 and held[0].finished
+    one = held[0]
+    assert one.text == "".join(o.text for o in streamed)
+    assert one.token_ids == [t for o in streamed for t in o.token_ids]
+    assert [(lp.token_id, lp.logprob, lp.top) for lp in one.logprobs] == [
+        (lp.token_id, lp.logprob, lp.top) for o in streamed for lp in o.logprobs
+    ]
+    assert one.prompt_logprobs == streamed[0].prompt_logprobs and one.prompt_logprobs is not None
+    assert (one.finish_reason, one.completion_tokens, one.prompt_tokens) == ("length", 20, len(prompt))
+
+
 def _run_concurrently(engine, jobs, stagger=False):
     """Submit every job (all at once, or each after the previous one produced a few tokens); return token ids."""
     results = [None] * len(jobs)

@@ -8,7 +8,12 @@ batched decode step for all active slots, each row at its own position (`start_p
 and free their slot, so a long request never holds the others back.
 
 Results flow back through a per-request callback (`on_output`), called from the scheduler thread; the API wraps it in
-an asyncio queue, tests and benchmarks use the blocking `generate()` / `complete()` helpers.
+an asyncio queue, tests and benchmarks use the blocking `generate()` / `complete()` helpers. A request submitted with
+`stream=False` gets ONE output when it finishes (the scheduler aggregates): waking another thread for every token
+costs more than a whole decode step of a small model on a busy CPU.
+
+Per step the scheduler does the minimum on the host: cache addressing is validated once per forward (not per layer),
+greedy rows take one argmax, and the model runs under `torch.inference_mode`.
 """
 
 from __future__ import annotations
@@ -71,7 +76,8 @@ class Request:
     _ids = itertools.count()
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator,
-                 stream: TextStream, stop_ids: set[int], on_output: Callable[[StepOutput], None]):  # fmt: skip
+                 stream: TextStream, stop_ids: set[int], on_output: Callable[[StepOutput], None],
+                 streaming: bool = True):  # fmt: skip
         self.id = next(Request._ids)
         self.prompt_ids = prompt_ids
         self.params = params
@@ -79,6 +85,8 @@ class Request:
         self.stream = stream
         self.stop_ids = stop_ids
         self.on_output = on_output
+        self.streaming = streaming
+        self.held: StepOutput | None = None  # non-streaming: everything produced so far, delivered on finish
         self.tokens = list(prompt_ids)  # prompt + generated; the last one is not in the cache yet
         self.generated: list[int] = []
         self.slot = -1
@@ -175,25 +183,26 @@ class Engine:
                 code="context_length_exceeded",
             )
 
-    def submit(self, prompt_ids: list[int], params: SamplingParams,
-               on_output: Callable[[StepOutput], None]) -> Request:  # fmt: skip
-        """Queue a request; `on_output` is called from the scheduler thread with each StepOutput."""
+    def submit(self, prompt_ids: list[int], params: SamplingParams, on_output: Callable[[StepOutput], None],
+               stream: bool = True) -> Request:  # fmt: skip
+        """Queue a request; `on_output` is called from the scheduler thread with each StepOutput (stream=True), or
+        once with everything aggregated when the request finishes (stream=False)."""
         self.check(prompt_ids, params)
         if not self.running:
             raise RuntimeError("the engine is not running")
-        stream = TextStream(self.tokenizer, params.stop, params.skip_special_tokens)
+        text_stream = TextStream(self.tokenizer, params.stop, params.skip_special_tokens)
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.stop_ids)
         with self._cv:
             generator = make_generator(params.seed, self.rng)
-            req = Request(list(prompt_ids), params, generator, stream, stop_ids, on_output)
+            req = Request(list(prompt_ids), params, generator, text_stream, stop_ids, on_output, stream)
             self._waiting.append(req)
             self._cv.notify_all()
         return req
 
-    def generate(self, prompt_ids: list[int], params: SamplingParams) -> Iterator[StepOutput]:
+    def generate(self, prompt_ids: list[int], params: SamplingParams, stream: bool = True) -> Iterator[StepOutput]:
         """Blocking stream of one request's outputs (for scripts, tests and benchmarks)."""
         q: queue.Queue[StepOutput] = queue.Queue()
-        req = self.submit(prompt_ids, params, q.put)
+        req = self.submit(prompt_ids, params, q.put, stream)
         try:
             while True:
                 out = q.get()
@@ -206,7 +215,7 @@ class Engine:
     def complete(self, prompt_ids: list[int], params: SamplingParams) -> Completion:
         """Run one request to the end and aggregate its outputs."""
         text, ids, lps, prompt_lps, last = [], [], [], None, None
-        for out in self.generate(prompt_ids, params):
+        for out in self.generate(prompt_ids, params, stream=False):
             text.append(out.text)
             ids += out.token_ids
             lps += out.logprobs
@@ -323,7 +332,7 @@ class Engine:
                 reason = "length"
             out = self._output(r, text, [tok], [lps[i]] if i in lps else [])
             if reason is None:
-                r.on_output(out)
+                self._emit(r, out)
             else:
                 self._finish(r, reason, partial=out)
 
@@ -335,12 +344,27 @@ class Engine:
             r.sent_prompt_info = True
         return out
 
+    def _emit(self, r: Request, out: StepOutput) -> None:
+        """Hand `out` to the request's callback, or add it to what a non-streaming request gets at the end."""
+        if r.streaming:
+            r.on_output(out)
+        elif r.held is None:
+            r.held = out
+        else:
+            r.held.text += out.text
+            r.held.token_ids += out.token_ids
+            r.held.logprobs += out.logprobs
+            r.held.completion_tokens = out.completion_tokens
+
     def _finish(self, r: Request, reason: str, *, partial: StepOutput | None = None, release_slot: bool = True) -> None:
         """Emit the final output of `r` (flushing held-back text) and give its slot back."""
         if r.finished:
             return
         r.finished = True
         out = partial or self._output(r, "", [], [])
+        if r.held is not None:
+            self._emit(r, out)
+            out, r.held = r.held, None
         out.text += r.stream.finish()
         out.finished, out.finish_reason = True, reason
         with self._cv:
