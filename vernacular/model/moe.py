@@ -7,7 +7,9 @@ experts; group score = sum of the top-2 biased scores in the group; weights from
 Dispatch: the N*k (token, expert) assignments are sorted by expert so every expert sees one contiguous block of rows,
 then `torch._grouped_mm` runs all experts in one call (no Python loop over experts, no [N, E, H] tensor). Where
 grouped_mm is unavailable for the device/dtype/shape, the same sorted rows are packed into an [E, capacity, H] buffer
-and multiplied with one `torch.bmm`. Outputs are weighted and summed back per token with one `index_add_`.
+and multiplied with one `torch.bmm`. Outputs are un-permuted and combined per token with one [N,1,k] x [N,k,H] bmm.
+Every data movement is a gather in both forward and backward (custom autograd functions), never a scatter-add,
+which on CPU is serial and was the largest non-matmul cost.
 """
 
 from __future__ import annotations
@@ -46,6 +48,37 @@ def grouped_matmul(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, exper
     buf = x.new_zeros(E, capacity, x.shape[1])
     buf[expert_of_row, pos] = x
     return torch.bmm(buf, w.to(x.dtype))[expert_of_row, pos]
+
+
+class _GatherRows(torch.autograd.Function):
+    """y = x[index] where every row of x is gathered exactly `k` times and `inverse` lists, row by row of x, where its
+    k copies went. The backward is then a gather plus a sum over k (parallel and deterministic) instead of the
+    scatter-add autograd would use for a general gather."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor, k: int) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        ctx.k = k
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse).view(-1, ctx.k, grad.shape[-1]).sum(1), None, None, None
+
+
+class _PermuteRows(torch.autograd.Function):
+    """y = x[perm] for a permutation; backward is the inverse permutation (a gather, not a scatter)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, perm: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(perm)
+        return x.index_select(0, inverse)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (perm,) = ctx.saved_tensors
+        return grad.index_select(0, perm), None, None
 
 
 class Gate(nn.Module):
