@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         loss = step()
         sync()
         times.append(time.perf_counter() - t0)
-        print(f"step {i + 1}/{args.steps}: {times[-1] * 1e3:.1f} ms, loss {float(loss):.3f}", file=sys.stderr,
+        print(f"step {i + 1}/{args.steps}: {times[-1] * 1e3:.1f} ms, loss {loss.item():.3f}", file=sys.stderr,
               flush=True)
 
     tokens = args.batch_size * args.seq_len
