@@ -124,3 +124,25 @@ def test_demo_corpus_is_readable():
     langs = {d.metadata["lang"] for d in docs}
     assert {"deu", "eng", "fra", "spa"} <= langs and None not in langs
     assert (Path(__file__).resolve().parents[1] / "vernacular" / "data" / "demo" / "LICENSE").read_text().count("CC0") >= 2
+
+
+def test_hub_source_through_the_pipeline_with_two_tasks(tmp_path):
+    """Two datatrove tasks split one hub dataset between them; nothing is lost or read twice."""
+    from vernacular.data.pipeline import DataConfig, run_pipeline
+    from vernacular.data.text import iter_texts
+
+    repo = tmp_path / "fineweb-2"
+    folder = repo / "data" / "deu_Latn" / "train"
+    folder.mkdir(parents=True)
+    texts = ntrex("deu", 40)
+    pq.write_table(pa.table({"text": texts, "url": [f"https://x{i}.example.de/a" for i in range(40)]}),
+                   folder / "000.parquet")
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: deu_Latn\n  data_files:\n  - split: train\n"
+                                    "    path: data/deu_Latn/train/*.parquet\n---\n")
+    manifest = run_pipeline(DataConfig(sources=[f"hf:{repo}:deu_Latn"], tasks=2, workers=1, progress=False,
+                                       min_val_docs=0, val_fraction=0.0), tmp_path / "run")
+    source = manifest["sources"][f"hf:{repo}:deu_Latn"]
+    assert source["declared_licence"] == "ODC-By-1.0" and source["languages"]["deu"]["documents_in"] == 40
+    kept = [t for _, t in iter_texts(tmp_path / "run", "train")]
+    assert set(kept) <= set(texts) and len(set(kept)) == len(kept) >= 38  # clean news: (almost) all kept, once
+    assert manifest["totals"]["balanced"] and len(source["languages"]["deu"]["top_domains"]) == 10
