@@ -78,6 +78,10 @@ def test_jsonl_plain_gzip_zstd_with_malformed_lines(tmp_path):
     good = [d for d in docs if not d.metadata.get("quarantine")]
     assert len(good) == 9 and {d.metadata["lang"] for d in good} == {"swe"}
     assert good[0].metadata["url"] == "https://ex.se/0"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.jsonl").write_text('{"text": "Ein Satz.", "lang": "zh"}\n{"text": "Ein Satz."}\n')
+    other = read_all(str(tmp_path / "other"))
+    assert [d.metadata["lang"] for d in other] == ["zh", None]  # unknown code kept (-> lang-unsupported), none: LID
     assert [d.metadata["quarantine"] for d in docs if d.metadata.get("quarantine")] == [
         "broken-json", "missing-text-field", "invalid-utf8", "broken-json"]
     assert [d.metadata["location"] for d in docs if d.metadata.get("quarantine")] == [

@@ -146,7 +146,9 @@ def _quarantined(reason: str, source: SourceSpec, location: str, text: str = "",
 
 def _document(text: str, source: SourceSpec, location: str, record: dict | None, path_lang: str | None) -> Document:
     record = record or {}
-    declared = source.lang or to_iso639_3(record.get("lang") or record.get("language")) or path_lang
+    raw = record.get("lang") or record.get("language")
+    # a record that names a language we do not cover keeps that name, so language ID rejects it as unsupported
+    declared = source.lang or (to_iso639_3(raw) or str(raw).strip().lower() if raw else None) or path_lang
     meta = {"source": source.name, "lang": declared, "location": location}
     for key in ("url", "date", "dump"):
         if record.get(key) is not None:
