@@ -162,8 +162,9 @@ class LanguageFilter(BaseFilter):
     name = "🌍 language id"
 
     def __init__(self, languages: tuple[str, ...] = ALL_LANGUAGES, min_declared_prob: float = 0.2,
-                 min_confidence: float = 0.5, exclusion_writer=None):
+                 min_confidence: float = 0.5, max_chars: int = 5000, exclusion_writer=None):
         super().__init__(exclusion_writer)
+        self.max_chars = max_chars  # LID cost is linear in length; the first pages decide as well as a whole book
         self.languages = tuple(languages)
         self.min_declared_prob = min_declared_prob
         self.min_confidence = min_confidence
@@ -188,7 +189,7 @@ class LanguageFilter(BaseFilter):
         return [(from_langid_label(label), p) for label, p in self.identifier.rank(text)]
 
     def filter(self, doc: Document):
-        ranked = self.predict(doc.text)
+        ranked = self.predict(doc.text[: self.max_chars])
         top, conf = ranked[0]
         doc.metadata["lid"] = top
         doc.metadata["lid_prob"] = round(float(conf), 4)
