@@ -104,6 +104,8 @@ class Transformer(nn.Module):
         self.rotary = RotaryEmbedding(config)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
+        if self.lm_head.weight.device.type != "meta":  # direct construction: never leave torch.empty() weights
+            self.init_weights()
 
     # ------------------------------------------------------------------ init
     @torch.no_grad()
