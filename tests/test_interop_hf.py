@@ -315,3 +315,20 @@ def test_export_reads_the_trainers_checkpoint_format(tmp_path):
     assert (theirs(tmp_path / "hf", ids) - ours(newest, ids)).abs().max().item() < 1e-4
     assert torch.equal(ours(load_checkpoint(root / "step_000007"), ids), ours(model, ids))
     assert load_checkpoint(root / "step_000007").config.seq_aux_loss_weight == 0.0
+
+
+def test_sharded_folder_imports(tmp_path):
+    """Large releases (DeepSeek's included) come as shards with a model.safetensors.index.json."""
+    model = make_model()
+    out = export_hf(model, tmp_path / "hf")
+    state = load_file(str(out / "model.safetensors"))
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[::2], "model-00002-of-00002.safetensors": keys[1::2]}
+    for name, part in shards.items():
+        save_file({k: state[k] for k in part}, str(out / name))
+    (out / "model.safetensors").unlink()
+    weight_map = {k: name for name, part in shards.items() for k in part}
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    ids = tokens(model.config.vocab_size)
+    assert torch.equal(ours(import_hf(out), ids), ours(model, ids))
+    assert (theirs(out, ids) - ours(model, ids)).abs().max().item() < 1e-4
