@@ -332,3 +332,16 @@ def test_sharded_folder_imports(tmp_path):
     ids = tokens(model.config.vocab_size)
     assert torch.equal(ours(import_hf(out), ids), ours(model, ids))
     assert (theirs(out, ids) - ours(model, ids)).abs().max().item() < 1e-4
+
+
+def test_export_of_bad_checkpoints_reports_the_file(tmp_path):
+    model = make_model()
+    ckpt = save_checkpoint(model, tmp_path / "ckpt")
+    (ckpt / "state.json").write_text('{"model_config": {"hidden_size": 64, "bogus": 1}}')
+    with pytest.raises(InteropError, match=r"state.json.*bogus"):
+        load_checkpoint(ckpt)
+    (ckpt / "state.json").write_text("{not json")
+    with pytest.raises(InteropError, match="not valid JSON"):
+        load_checkpoint(ckpt)
+    (ckpt / "state.json").unlink()  # config.json alone is enough
+    assert torch.equal(ours(load_checkpoint(ckpt), tokens(320)), ours(model, tokens(320)))

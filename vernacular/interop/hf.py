@@ -530,15 +530,25 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
 
 
 def checkpoint_config(ckpt_dir: Path) -> ModelConfig:
+    """The model config of a checkpoint: `state.json["model_config"]` (the trainer's), else `config.json` (ours)."""
     ckpt_dir = Path(ckpt_dir)
-    state_json, config_json = ckpt_dir / "state.json", ckpt_dir / "config.json"
-    if state_json.exists() and "model_config" in (state := read_json(state_json)):
-        return ModelConfig.from_dict(state["model_config"])
-    if config_json.exists():
-        d = read_json(config_json)
+    for path, key in ((ckpt_dir / "state.json", "model_config"), (ckpt_dir / "config.json", None)):
+        if not path.exists():
+            continue
+        try:
+            d = read_json(path)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InteropError(f"{path} is not valid JSON: {e}") from e
+        if key is not None:
+            if key not in d:
+                continue
+            d = d[key]
         if d.get("model_type") == "deepseek_v3":
             raise InteropError(f"{ckpt_dir} is a transformers folder: use `vernacular import hf {ckpt_dir}`")
-        return ModelConfig.from_dict(d)
+        try:
+            return ModelConfig.from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise InteropError(f"{path}: {e}") from e
     raise InteropError(f"{ckpt_dir} has neither state.json (with model_config) nor config.json")
 
 
