@@ -139,3 +139,27 @@ def test_sequence_balance_loss_formula_and_gradient():
     bal.backward()
     assert moe.gate.weight.grad is not None and moe.gate.weight.grad.abs().sum() > 0
     assert moe.experts.gate_up_proj.grad is None  # the balance loss only trains the router
+
+
+def test_autocast_runs_experts_in_bf16_and_routes_in_fp32():
+    cfg = _cfg()
+    moe = _moe(cfg).eval()
+    x = torch.randn(1, 32, cfg.hidden_size)
+    ref, _ = moe(x)
+    _, ref_idx, _ = moe.gate(x[0])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        _, idx, scores = moe.gate(x[0])
+        y = moe.experts(x[0], idx, torch.ones(32, cfg.num_experts_per_tok))
+        out, _ = moe(x)
+    assert scores.dtype == torch.float32 and torch.equal(idx.sort(-1).values, ref_idx.sort(-1).values)
+    assert y.dtype == torch.bfloat16
+    assert (out.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+@torch.no_grad()
+def test_decode_path_with_fewer_assignments_than_experts():
+    cfg = _cfg()
+    moe = _moe(cfg).eval()
+    x = torch.randn(1, 3, cfg.hidden_size)  # 3 tokens * top-4 < 16 experts: gathered-weights bmm path
+    out, _ = moe(x)
+    torch.testing.assert_close(out, _reference(moe, cfg, x[0])[None], atol=1e-5, rtol=1e-5)

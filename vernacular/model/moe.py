@@ -96,7 +96,8 @@ class Gate(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x [N, H] -> (weights [N, k] fp32, expert indices [N, k], sigmoid scores [N, E] fp32)."""
-        scores = F.linear(x.float(), self.weight.float()).sigmoid()
+        with torch.autocast(x.device.type, enabled=False):  # routing decisions stay fp32 under autocast
+            scores = F.linear(x.float(), self.weight.float()).sigmoid()
         choice = scores + self.e_score_correction_bias
         if self.topk_group < self.n_group:
             grouped = choice.view(-1, self.n_group, self.n_experts // self.n_group)
@@ -131,29 +132,34 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x [N, H], indices/weights [N, k] -> sum_k weights * expert_k(x), [N, H]."""
-        k = indices.shape[1]
+        N, k = indices.shape
         flat = indices.reshape(-1)
+        w_gate_up, w_down = self.gate_up_proj, self.down_proj
+        if torch.is_autocast_enabled(x.device.type):  # grouped_mm is not autocast-aware: cast by hand
+            dtype = torch.get_autocast_dtype(x.device.type)
+            x, w_gate_up, w_down = x.to(dtype), w_gate_up.to(dtype), w_down.to(dtype)
         if flat.numel() < self.n_experts and not torch.is_grad_enabled():
-            return self._forward_few(x, flat, weights)
-        order = flat.argsort(stable=True)
+            return self._forward_few(x, flat, weights, w_gate_up, w_down)
+        order = flat.argsort(stable=True)  # sorted row r holds assignment order[r] = (token order[r] // k, slot)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
         expert_of_row = flat[order]
-        token = order // k
         counts = torch.bincount(flat, minlength=self.n_experts)
-        h = grouped_matmul(x.index_select(0, token), self.gate_up_proj, counts, expert_of_row)
+        xs = _GatherRows.apply(x, order // k, inverse, k)
+        h = grouped_matmul(xs, w_gate_up, counts, expert_of_row)
         gate, up = h.split(self.intermediate, dim=-1)
-        y = grouped_matmul(F.silu(gate) * up, self.down_proj, counts, expert_of_row)
-        y = y * weights.reshape(-1)[order, None].to(y.dtype)
-        return torch.zeros_like(x).index_add_(0, token, y)
+        y = grouped_matmul(F.silu(gate) * up, w_down, counts, expert_of_row)
+        y = _PermuteRows.apply(y, order, inverse).view(N, k, -1)  # back to (token, slot) order
+        return torch.bmm(weights.to(y.dtype)[:, None, :], y).squeeze(1)
 
-
-    def _forward_few(self, x: torch.Tensor, flat: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _forward_few(self, x, flat, weights, w_gate_up, w_down) -> torch.Tensor:
         """Inference with fewer assignments than experts (batch decode): gather just the chosen experts' weights and
         bmm, instead of a grouped matmul that visits every expert (on CPU, one matmul per expert, even empty ones)."""
         N, k = weights.shape
         xs = x.repeat_interleave(k, dim=0)[:, None]  # [N*k, 1, H]
-        h = torch.bmm(xs, self.gate_up_proj[flat].to(x.dtype))[:, 0]
+        h = torch.bmm(xs, w_gate_up[flat].to(x.dtype))[:, 0]
         gate, up = h.split(self.intermediate, dim=-1)
-        y = torch.bmm((F.silu(gate) * up)[:, None], self.down_proj[flat].to(x.dtype))[:, 0]
+        y = torch.bmm((F.silu(gate) * up)[:, None], w_down[flat].to(x.dtype))[:, 0]
         return (y.view(N, k, -1) * weights[..., None].to(y.dtype)).sum(dim=1)
 
 
