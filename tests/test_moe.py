@@ -163,3 +163,15 @@ def test_decode_path_with_fewer_assignments_than_experts():
     x = torch.randn(1, 3, cfg.hidden_size)  # 3 tokens * top-4 < 16 experts: gathered-weights bmm path
     out, _ = moe(x)
     torch.testing.assert_close(out, _reference(moe, cfg, x[0])[None], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_tokens", [1, 3])
+@torch.no_grad()
+def test_decode_fast_path_matches_reference(n_tokens):
+    """Fewer (token, expert) assignments than experts at inference: only the chosen experts run (decode path)."""
+    cfg = _cfg()
+    moe = _moe(cfg).eval()
+    x = torch.randn(1, n_tokens, cfg.hidden_size)
+    assert n_tokens * cfg.num_experts_per_tok < cfg.n_routed_experts
+    out, _ = moe(x)
+    torch.testing.assert_close(out[0], _reference(moe, cfg, x[0]), atol=1e-5, rtol=1e-5)

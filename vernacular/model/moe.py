@@ -153,12 +153,29 @@ class Experts(nn.Module):
         return torch.bmm(weights.to(y.dtype)[:, None, :], y).squeeze(1)
 
     def _forward_few(self, x, flat, weights, w_gate_up, w_down) -> torch.Tensor:
-        """Inference with fewer assignments than experts (batch decode): gather just the chosen experts' weights and
-        bmm, instead of a grouped matmul that visits every expert (on CPU, one matmul per expert, even empty ones)."""
+        """Inference with fewer assignments than experts (batch decode): only the chosen experts run, instead of a
+        grouped matmul that visits every expert (on CPU, one matmul per expert, even empty ones).
+
+        On CPU each chosen expert is a matmul against a VIEW of its weights (the ids are read on the host, which costs
+        nothing there): gathering the chosen weights first would copy megabytes per layer and step. Elsewhere the
+        gather + bmm keeps the host out of the loop."""
         N, k = weights.shape
+        I = self.intermediate
+        if x.device.type == "cpu":
+            experts, ws = flat.view(N, k).tolist(), weights.tolist()
+            rows = []
+            for n in range(N):
+                xn, acc = x[n : n + 1], None
+                for e, w in zip(experts[n], ws[n]):
+                    h = torch.mm(xn, w_gate_up[e].to(x.dtype))
+                    a = F.silu(h[:, :I]).mul_(h[:, I:])
+                    down = w_down[e].to(x.dtype)
+                    acc = torch.mm(a, down).mul_(w) if acc is None else torch.addmm(acc, a, down, alpha=w)
+                rows.append(acc)
+            return rows[0] if N == 1 else torch.cat(rows)
         xs = x.repeat_interleave(k, dim=0)[:, None]  # [N*k, 1, H]
         h = torch.bmm(xs, w_gate_up[flat].to(x.dtype))[:, 0]
-        gate, up = h.split(self.intermediate, dim=-1)
+        gate, up = h.split(I, dim=-1)
         y = torch.bmm((F.silu(gate) * up)[:, None], w_down[flat].to(x.dtype))[:, 0]
         return (y.view(N, k, -1) * weights[..., None].to(y.dtype)).sum(dim=1)
 
