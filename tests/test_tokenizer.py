@@ -13,7 +13,7 @@ from vernacular.tokenizer import BOS, END, EOS, PAD, SPECIAL_TOKENS, load, rende
 from vernacular.tokenizer.bpe import ParityBPEConfig, train_parity_bpe
 from vernacular.tokenizer.chat import ChatTemplateError
 from vernacular.tokenizer.corpus import read_folder, split_corpus
-from vernacular.tokenizer.train import TokenizerConfig, count_words, skeleton, train_tokenizer
+from vernacular.tokenizer.train import TokenizerConfig, train_tokenizer
 
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 NTREX = CORPORA / "ntrex128"
@@ -146,6 +146,10 @@ def test_cli_errors_are_clear(tmp_path):
     (tmp_path / "bad" / "eng.txt").write_bytes(b"ok\n\xff\xfe broken\n")
     with pytest.raises(SystemExit, match="not valid UTF-8"):
         cli(["tokenizer", "--input", str(tmp_path / "bad"), "--out", str(tmp_path / "t"), "--quiet"])
+    (tmp_path / "named").mkdir()
+    (tmp_path / "named" / "English.txt").write_text("hello\n")
+    with pytest.raises(SystemExit, match="ISO 639-3"):
+        cli(["tokenizer", "--input", str(tmp_path / "named"), "--out", str(tmp_path / "t"), "--quiet"])
     with pytest.raises(FileNotFoundError, match="vernacular tokenizer"):
         load(tmp_path / "nowhere")
     with pytest.raises(SystemExit, match="vernacular data"):

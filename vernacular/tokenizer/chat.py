@@ -10,9 +10,7 @@ same environment flags transformers uses, instead of re-implementing it in Pytho
 
 from __future__ import annotations
 
-from vernacular.tokenizer import ASSISTANT, BOS, END, SYSTEM, USER
-
-ROLES = {"system": SYSTEM, "user": USER, "assistant": ASSISTANT}
+from vernacular.tokenizer import ASSISTANT, BOS, END
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"

@@ -50,9 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parity(args) -> int:
-    from vernacular.run import RunDir
-    from vernacular.tokenizer.parity import plot_parity, parity_report
-    from vernacular.run import write_json
+    from vernacular.run import RunDir, write_json
+    from vernacular.tokenizer.parity import parity_report, plot_parity
 
     if args.aligned is None:
         raise SystemExit("error: `vernacular tokenizer parity` needs --aligned FOLDER")

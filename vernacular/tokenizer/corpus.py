@@ -9,6 +9,7 @@ parity-aware trainer can compare raw token counts of the dev slice across langua
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,8 @@ def read_folder(folder: str | Path) -> dict[str, list[str]]:
     docs: dict[str, list[str]] = {}
     for path in sorted(folder.glob("*.txt")):
         lang = path.stem
+        if not re.fullmatch(r"[a-z]{3}", lang):
+            raise ValueError(f"{path}: files must be named by ISO 639-3 code, e.g. eng.txt, ell.txt")
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as e:
@@ -73,7 +76,6 @@ def split_corpus(docs: dict[str, list[str]], dev_fraction: float = 0.1, chars_pe
     dev: dict[str, list[str]] = {}
     step = round(1 / dev_fraction) if dev_fraction > 0 else 0
     for lang, lines in docs.items():
-        lines = [line for line in lines]
         if step and len(lines) >= 2 * step:
             dev[lang] = [line for i, line in enumerate(lines) if i % step == step - 1 and line.strip()]
             train[lang] = [line for i, line in enumerate(lines) if i % step != step - 1 and line.strip()]
