@@ -11,6 +11,15 @@ from vernacular.model.attention import MLA
 from vernacular.model.layers import RotaryEmbedding, rope_inv_freq
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny shapes run fastest on one thread; on a shared machine, OpenMP barriers across busy cores stall them."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _cfg(**kw):
     base = dict(
         vocab_size=300, hidden_size=64, intermediate_size=96, moe_intermediate_size=32, num_hidden_layers=3,
@@ -131,3 +140,18 @@ def test_softmax_scale_uses_yarn_mscale():
                              "mscale": 1.0, "mscale_all_dim": 1.0})  # fmt: skip
     m = 0.1 * math.log(40) + 1.0
     assert MLA(cfg, 0).softmax_scale == pytest.approx(cfg.qk_head_dim**-0.5 * m * m)
+
+
+@torch.no_grad()
+def test_logits_at_picks_each_rows_position():
+    """Prefill computes the lm_head only where a prompt ends: same logits as the full output at those positions."""
+    model = _model()
+    ids = torch.randint(0, 300, (3, 9), generator=torch.Generator().manual_seed(2))
+    full = model(ids).logits
+    at = torch.tensor([8, 0, 4])
+    cache = LatentKVCache(model.config, num_slots=3, max_len=16)
+    got = model(ids, cache=cache, slots=torch.arange(3), start_pos=torch.zeros(3, dtype=torch.long), logits_at=at)
+    assert got.logits.shape == (3, 1, 300)
+    torch.testing.assert_close(got.logits[:, 0], full[torch.arange(3), at], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="logits_at must index"):
+        model(ids, logits_at=torch.tensor([9, 0, 0]))

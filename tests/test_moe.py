@@ -8,6 +8,15 @@ from vernacular.model import ModelConfig
 from vernacular.model.moe import MoE, grouped_matmul
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny shapes run fastest on one thread; on a shared machine, OpenMP barriers across busy cores stall them."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _cfg(**kw):
     base = dict(
         hidden_size=32, moe_intermediate_size=16, n_routed_experts=16, num_experts_per_tok=4, n_group=4, topk_group=2,
