@@ -18,6 +18,7 @@ def _one_thread():
     yield
     torch.set_num_threads(n)
 
+
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 
 
