@@ -132,7 +132,10 @@ class Transformer(nn.Module):
         cache: LatentKVCache | None = None,
         slots: torch.Tensor | None = None,
         start_pos: torch.Tensor | None = None,
+        logits_at: torch.Tensor | None = None,
     ) -> ModelOutput:
+        """`logits_at` [B] (inference only): return logits [B, 1, V] at that position of each row instead of all T,
+        e.g. each prompt's last token in a padded prefill; the lm_head over every prompt token is then skipped."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
@@ -161,6 +164,15 @@ class Transformer(nn.Module):
             x, bal = layer(x, cos, sin, step, want_balance)
             if bal is not None:
                 balance_losses.append(bal)
+        if logits_at is not None:
+            if labels is not None:
+                raise ValueError("logits_at is for inference; with labels every position's logits are needed")
+            logits_at = logits_at.to(x.device).long()
+            if logits_at.shape != (B,):
+                raise ValueError(f"logits_at must have shape ({B},), got {tuple(logits_at.shape)}")
+            if B and (int(logits_at.min()) < 0 or int(logits_at.max()) >= T):
+                raise ValueError(f"logits_at must index positions in [0, {T}), got {logits_at.tolist()}")
+            x = x.gather(1, logits_at.view(B, 1, 1).expand(B, 1, x.shape[-1]))  # the norm is per position
         h = self.model.norm(x)
         logits = self.lm_head(h)
         if labels is None:

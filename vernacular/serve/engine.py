@@ -261,12 +261,14 @@ class Engine:
                 if not req.finished:
                     self._finish(req, "abort")
 
-    def _forward(self, ids: torch.Tensor, slots: list[int], start_pos: list[int]) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, slots: list[int], start_pos: list[int],
+                 logits_at: list[int] | None = None) -> torch.Tensor:  # fmt: skip
         out = self.model(
             ids.to(self.device),
             cache=self.cache,
             slots=torch.tensor(slots, dtype=torch.long, device=self.device),
             start_pos=torch.tensor(start_pos, dtype=torch.long, device=self.device),
+            logits_at=None if logits_at is None else torch.tensor(logits_at, dtype=torch.long, device=self.device),
         )
         return out.logits.float()
 
@@ -283,7 +285,15 @@ class Engine:
         prompt_lps: list[list] = [[None] for _ in reqs]  # the first prompt token has no logprob
         slots = [r.slot for r in reqs]
         for c in range(0, longest, PREFILL_CHUNK):
-            logits = self._forward(ids[:, c : c + PREFILL_CHUNK], slots, [c] * len(reqs))
+            chunk = ids[:, c : c + PREFILL_CHUNK]
+            if not any(want_prompt_lp):  # only each prompt's last position needs logits (HF's logits_to_keep)
+                at = [min(max(n - 1 - c, 0), chunk.shape[1] - 1) for n in lengths]
+                logits = self._forward(chunk, slots, [c] * len(reqs), at)
+                for i, n in enumerate(lengths):
+                    if c <= n - 1 < c + chunk.shape[1]:
+                        last_logits[i] = logits[i, 0]
+                continue
+            logits = self._forward(chunk, slots, [c] * len(reqs))
             for i, r in enumerate(reqs):
                 n = lengths[i]
                 if c <= n - 1 < c + logits.shape[1]:
