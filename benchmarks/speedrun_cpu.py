@@ -477,6 +477,12 @@ def plot(ours: dict, base: dict, summary: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _title(saved: dict) -> str:
+    lines = saved.get("flores_lines", saved["ours"]["spec"]["flores_lines"])
+    return (f"CPU speedrun: {saved['minutes']:g} min per side, {saved['mode']}, {saved['threads']} threads in all\n"
+            f"trained on NTREX-128, measured on FLORES-200 ({lines} sentences x 30 languages)")
+
+
 def _specs(args, prep: Path, out: Path, lr_ours: float, lr_base: float, minutes: float,
            measure: str) -> list[SideSpec]:
     threads = args.threads if args.sequential else max(1, args.threads // 2)
@@ -547,10 +553,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tune-minutes", type=float, default=2.5)
     p.add_argument("--tune-lrs-ours", default="3e-3,6e-3,1.2e-2")
     p.add_argument("--tune-lrs-base", default="1.5e-3,3e-3,6e-3")
+    p.add_argument("--replot", action="store_true", help="redraw the PNG from results/speedrun_cpu.json and stop")
     p.add_argument("--worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker is not None:
         return worker(args.worker)
+    if args.replot:
+        saved = json.loads((RESULTS / "speedrun_cpu.json").read_text(encoding="utf-8"))
+        plot(saved["ours"], saved["baseline"], saved["summary"], RESULTS / "speedrun_cpu.png", _title(saved))
+        return 0
     if args.minutes <= 0 or args.threads <= 0 or args.points < 2:
         raise SystemExit("--minutes and --threads must be positive and --points at least 2")
 
@@ -570,16 +581,13 @@ def main(argv: list[str] | None = None) -> int:
     ours, base = run_sides(_specs(args, prep, work / "run", lr_ours, lr_base, args.minutes, "flores"),
                            args.sequential)
     summary = summarize(ours, base)
-    title = (f"CPU speedrun, {args.minutes:g} min/side ({mode}, {args.threads} threads): "
-             f"NTREX train, FLORES-200 eval, {args.flores_lines} sent. x 30 languages")
-    plot(ours, base, summary, RESULTS / "speedrun_cpu.png", title)
-
     from vernacular.run import write_json
 
-    write_json(RESULTS / "speedrun_cpu.json", {
-        "command": "python benchmarks/speedrun_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "mode": mode, "threads": args.threads, "minutes": args.minutes, "lr": {"ours": lr_ours, "baseline": lr_base},
-        "summary": summary, "ours": ours, "baseline": base})
+    saved = {"command": "python benchmarks/speedrun_cpu.py " + " ".join(sys.argv[1:] if argv is None else argv),
+             "mode": mode, "threads": args.threads, "minutes": args.minutes, "flores_lines": args.flores_lines,
+             "lr": {"ours": lr_ours, "baseline": lr_base}, "summary": summary, "ours": ours, "baseline": base}
+    write_json(RESULTS / "speedrun_cpu.json", saved)
+    plot(ours, base, summary, RESULTS / "speedrun_cpu.png", _title(saved))
     s = summary
     print(f"\n{'':10} {'final bpb':>10} {'steps':>7} {'tokens':>11} {'train s':>8}")
     print(f"{'ours':10} {s['ours_final_bpb']:10.4f} {s['ours_steps']:7d} {s['ours_tokens']:11,d} {s['ours_train_s']:8.0f}")
