@@ -590,7 +590,8 @@ def main(argv: list[str] | None = None) -> int:
     plot(ours, base, summary, RESULTS / "speedrun_cpu.png", _title(saved))
     s = summary
     print(f"\n{'':10} {'final bpb':>10} {'steps':>7} {'tokens':>11} {'train s':>8}")
-    print(f"{'ours':10} {s['ours_final_bpb']:10.4f} {s['ours_steps']:7d} {s['ours_tokens']:11,d} {s['ours_train_s']:8.0f}")
+    print(f"{'ours':10} {s['ours_final_bpb']:10.4f} {s['ours_steps']:7d} {s['ours_tokens']:11,d} "
+          f"{s['ours_train_s']:8.0f}")
     print(f"{'baseline':10} {s['baseline_final_bpb']:10.4f} {s['baseline_steps']:7d} {s['baseline_tokens']:11,d} "
           f"{s['baseline_train_s']:8.0f}")
     print(f"bpb: ours / baseline = {s['ours_final_bpb'] / s['baseline_final_bpb']:.3f} "
