@@ -56,6 +56,28 @@ def test_training_path_matches_naive(kw):
     torch.testing.assert_close(attn(x, cos, sin), _naive_mla(attn, x, cos, sin), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("T", [17, 300])  # CPU fp32: T <= 256 takes the explicit GEMM path, longer the fused sdpa
+def test_both_cpu_attention_paths_match_naive_with_gradients(T):
+    from vernacular.model.attention import _explicit_attention_pays
+
+    cfg = _cfg(v_head_dim=40, max_position_embeddings=512)
+    torch.manual_seed(0)
+    attn = MLA(cfg, 0)
+    for p in attn.parameters():
+        torch.nn.init.normal_(p, 0, 0.2)
+    x = torch.randn(1, T, cfg.hidden_size, requires_grad=True)
+    cos, sin = RotaryEmbedding(cfg)(torch.arange(T)[None], x.dtype)
+    assert _explicit_attention_pays(torch.empty(1, 1, T, 8)) == (T <= 256)
+    out = attn(x, cos, sin)
+    (gx,) = torch.autograd.grad(out.square().sum(), x)
+    ref = _naive_mla(attn, x, cos, sin)
+    (gx_ref,) = torch.autograd.grad(ref.square().sum(), x)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gx, gx_ref, atol=1e-4, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # 2-byte compute: the explicit path reaches T = 512
+        assert _explicit_attention_pays(torch.empty(1, 1, 300, 8)) and not _explicit_attention_pays(torch.empty(1, 1, 600, 8))
+
+
 def test_rope_and_yarn_match_transformers():
     from transformers import DeepseekV3Config
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS

@@ -3,7 +3,11 @@
 Training / prefill-without-cache: the latent is expanded to per-head keys and values and fed to
 `F.scaled_dot_product_attention` (causal). PyTorch's fused CPU/GPU kernels need q, k and v to share the last dimension,
 so when `v_head_dim != qk_head_dim` we zero-pad to the larger one (exact: zero columns add nothing to q.k, and padded v
-columns are sliced off) - about 5x faster on CPU than letting sdpa fall back to its math kernel.
+columns are sliced off) - about 5x faster on CPU than letting sdpa fall back to its math kernel. On CPU, short
+sequences instead take an explicit `baddbmm -> softmax (fp32) -> bmm` (`_explicit_attention_pays`): the CPU flash
+kernel's tiling does not reach matmul speed there, while two batched GEMMs do even though they also compute the masked
+half (fwd+bwd, 8x8 heads, one thread: T=256 fp32 56 vs 68 ms, bf16 21 vs 64 ms; T=512 bf16 36 vs 108 ms; flash wins
+from T=512 fp32 / T=2048 bf16 on, and its memory is linear in T).
 
 Inference with `LatentKVCache`: only the normalised latent `c_kv` [kv_lora_rank] and the RoPE'd shared key `k_pe`
 [qk_rope_head_dim] are cached per token, and `kv_b_proj` is absorbed into the query (scores against the latent) and
@@ -127,6 +131,15 @@ class CacheStep:
         return t[self.slots, : self.end]
 
 
+def _explicit_attention_pays(q: torch.Tensor) -> bool:
+    """CPU and a short sequence: T * element size <= 1 KiB (T <= 256 in fp32, <= 512 in bf16); see the module doc.
+    Elsewhere (CUDA, long sequences) the fused sdpa kernels are faster and keep memory linear in T."""
+    if q.device.type != "cpu":
+        return False
+    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else q.dtype
+    return q.shape[-2] * dtype.itemsize <= 1024
+
+
 class MLA(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
@@ -173,6 +186,9 @@ class MLA(nn.Module):
         q = torch.cat([q_nope, q_pe], dim=-1).transpose(1, 2)
         k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1).transpose(1, 2)
         v = v.transpose(1, 2)
+        if _explicit_attention_pays(q):
+            out = self._explicit_attention(q, k, v)
+            return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.v_head_dim))
         d = max(self.qk_head_dim, self.v_head_dim)
         if self.qk_head_dim < d:
             q, k = F.pad(q, (0, d - self.qk_head_dim)), F.pad(k, (0, d - self.qk_head_dim))
@@ -181,6 +197,16 @@ class MLA(nn.Module):
         out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale)
         out = out[..., : self.v_head_dim].transpose(1, 2).reshape(B, T, self.n_heads * self.v_head_dim)
         return self.o_proj(out)
+
+    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """softmax(q k^T * scale + causal mask) v as two batched GEMMs; the softmax runs in fp32 (as sdpa's math
+        kernel and transformers' eager attention do under autocast). q, k [B, nh, T, d_qk], v [B, nh, T, d_v]."""
+        B, nh, T, _ = q.shape
+        mask = torch.full((T, T), float("-inf"), device=q.device, dtype=q.dtype).triu_(1)
+        scores = torch.baddbmm(mask, q.reshape(B * nh, T, -1), k.reshape(B * nh, T, -1).transpose(1, 2),
+                               alpha=self.softmax_scale)  # fmt: skip
+        probs = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
+        return torch.bmm(probs, v.reshape(B * nh, T, -1)).view(B, nh, T, -1)
 
     def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: CacheStep) -> torch.Tensor:
         """Absorbed attention against the latent cache; row b's new tokens sit at start_pos[b]..start_pos[b]+T-1.
