@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from test_train_support import cli_command, make_run, subprocess_env
+from vernacular.train.checkpoint import list_checkpoints
 
 COMMON = ["--batch-size", "4", "--seq-len", "32", "--eval-batches", "2", "--warmup", "3", "--no-progress"]
 
@@ -125,7 +126,8 @@ def test_kill9_then_resume_is_bit_identical_and_skips_a_corrupt_checkpoint(run_t
     assert killed_at < 12
 
     # damage the newest checkpoint: resume must say so and fall back to the one before
-    *_, previous, newest = sorted((run / "checkpoints").glob("step_*"))
+    # complete checkpoints only: the kill may have left a half-written `step_N.tmp-PID` folder, which resume removes
+    *_, previous, newest = list_checkpoints(run / "checkpoints")
     weights = newest / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     done = subprocess.run(command(run, "--resume"), env=subprocess_env(), capture_output=True, text=True, timeout=600)

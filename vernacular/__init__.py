@@ -4,10 +4,17 @@ The short Python API (see README):
 
     from vernacular import ModelConfig, build_model
     model = build_model("tiny")                    # preset name, TOML/JSON path, dict or ModelConfig
-    out = model(input_ids, labels=input_ids)       # out.logits, out.loss, out.main_loss, out.mtp_loss, out.balance_loss
+    out = model(ids[:, :-1], labels=ids[:, 1:])    # out.logits, out.loss, out.main_loss, out.mtp_loss, out.balance_loss
 """
 
+import os
+
 __version__ = "0.1.0"
+
+# MKL's fp32 GEMMs may round differently depending on memory alignment, so two runs of the same command could differ
+# in the last bit. Strict conditional numerical reproducibility makes CPU runs (and a resume after a crash)
+# bit-identical. MKL reads this once, when torch loads it, so it is set on import; a user's own setting wins.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 
 def __getattr__(name):
