@@ -513,20 +513,13 @@ def import_hf(path: str | Path) -> Transformer:
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
     """The checkpoint named by `checkpoints/latest`, else the highest `checkpoints/step_*`."""
+    from vernacular.train.checkpoint import latest_checkpoint as newest
+
     run = RunDir(run_dir)
-    root = run.require(run.checkpoints, "pretrain")
-    pointer = root / "latest"
-    if pointer.exists():
-        named = root / pointer.read_text(encoding="utf-8").strip()
-        if (named / HF_WEIGHTS).exists():
-            return named
-    steps = sorted(
-        (p for p in root.glob("step_*") if p.is_dir() and (p / HF_WEIGHTS).exists() and p.name[5:].isdigit()),
-        key=lambda p: int(p.name[5:]),
-    )
-    if not steps:
+    found = newest(run.require(run.checkpoints, "pretrain"))
+    if found is None:
         raise InteropError(f"no checkpoints/step_*/{HF_WEIGHTS} in {run.root}; run `vernacular pretrain` first")
-    return steps[-1]
+    return found
 
 
 def checkpoint_config(ckpt_dir: Path) -> ModelConfig:

@@ -10,20 +10,15 @@ model_type "deepseek_v3") goes through the interop importer. Every failure names
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vernacular.run import RunDir
-from vernacular.train.checkpoint import file_sha256
+from vernacular.train import checkpoint as train_checkpoint
+from vernacular.train.checkpoint import CheckpointError, file_sha256
 
-_STEP = re.compile(r"^step_(\d+)$")
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, corrupt, or does not match its own config."""
 
 
 def _is_checkpoint(folder: Path) -> bool:
@@ -35,20 +30,13 @@ def _is_checkpoint(folder: Path) -> bool:
 def latest_checkpoint(run_dir: Path) -> Path:
     """The run's `checkpoints/latest` pointer if present, else its highest `step_*` folder."""
     ckpts = RunDir(run_dir).checkpoints
-    pointer = ckpts / "latest"
-    if pointer.is_file():
-        target = ckpts / pointer.read_text(encoding="utf-8").strip()
-        if _is_checkpoint(target):
-            return target
-    steps = sorted(
-        (int(m.group(1)), p) for p in ckpts.glob("step_*") if (m := _STEP.match(p.name)) and _is_checkpoint(p)
-    )
-    if not steps:
+    found = train_checkpoint.latest_checkpoint(ckpts)
+    if found is None:
         raise CheckpointError(
             f"no checkpoint in {ckpts}: train one with `vernacular pretrain --run-dir {run_dir}` "
             f"(or import one with `vernacular import hf PATH --run-dir {run_dir}`)"
         )
-    return steps[-1][1]
+    return found
 
 
 def resolve_checkpoint(run_dir: str | Path | None, checkpoint: str | Path | None = None) -> Path:

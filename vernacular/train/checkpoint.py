@@ -199,6 +199,19 @@ def list_checkpoints(root: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest checkpoint with weights under `root`: the one `latest` names, else the highest `step_*`; None if
+    there is none. Serving and export start from it; resuming uses `find_resumable`, which also verifies checksums."""
+    root = Path(root)
+    pointer = root / "latest"
+    if pointer.is_file():
+        named = root / pointer.read_text(encoding="utf-8").strip()
+        if (named / MODEL_FILE).is_file():
+            return named
+    complete = [p for p in list_checkpoints(root) if (p / MODEL_FILE).is_file()]
+    return complete[-1] if complete else None
+
+
 def verify_checkpoint(path: Path) -> None:
     """Raise CheckpointError naming the bad file unless sizes, sha256 and safetensors headers all check out."""
     path = Path(path)
