@@ -11,13 +11,7 @@ from vernacular.model.attention import MLA
 from vernacular.model.layers import RotaryEmbedding, rope_inv_freq
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes run fastest on one thread; on a shared machine, OpenMP barriers across busy cores stall them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**kw):

@@ -9,13 +9,7 @@ from vernacular.model import cli as model_cli
 from vernacular.model.info import count_parameters, flops_per_token, kv_cache_bytes_per_token, parameter_breakdown
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes run fastest on one thread; on a shared machine, OpenMP barriers across busy cores stall them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run_cli(argv, capsys):

@@ -10,13 +10,7 @@ import torch.nn.functional as F
 from vernacular.model import ModelConfig, ModelOutput, Transformer, build_model
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes run fastest on one thread; on a shared machine, OpenMP barriers across busy cores stall them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"

@@ -8,13 +8,7 @@ from vernacular.model import ModelConfig
 from vernacular.model.moe import MoE, grouped_matmul
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny shapes run fastest on one thread; on a shared machine, OpenMP barriers across busy cores stall them."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**kw):
