@@ -70,6 +70,9 @@ def test_both_cpu_attention_paths_match_naive_with_gradients(T):
     torch.testing.assert_close(gx, gx_ref, atol=1e-4, rtol=1e-4)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # 2-byte compute: the explicit path reaches T = 512
         assert _explicit_attention_pays(torch.empty(1, 1, 300, 8)) and not _explicit_attention_pays(torch.empty(1, 1, 600, 8))
+        low = attn(x, cos, sin)
+    assert low.dtype == torch.bfloat16
+    torch.testing.assert_close(low.float(), ref, atol=3e-2 * ref.abs().max().item(), rtol=0)
 
 
 def test_rope_and_yarn_match_transformers():

@@ -199,13 +199,16 @@ class MLA(nn.Module):
         return self.o_proj(out)
 
     def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T * scale + causal mask) v as two batched GEMMs; the softmax runs in fp32 (as sdpa's math
-        kernel and transformers' eager attention do under autocast). q, k [B, nh, T, d_qk], v [B, nh, T, d_v]."""
+        """softmax(q k^T * scale + causal mask) v as two batched GEMMs. q, k [B, nh, T, d_qk], v [B, nh, T, d_v].
+
+        The softmax takes the scores in their own dtype: the CPU kernel accumulates bf16/fp16 in fp32 and rounds once,
+        the same values as an fp32 softmax cast back, without a [B*nh, T, T] fp32 round trip (attention fwd+bwd
+        43 -> 24 ms at 8x256 under bf16 autocast)."""
         B, nh, T, _ = q.shape
         mask = torch.full((T, T), float("-inf"), device=q.device, dtype=q.dtype).triu_(1)
         scores = torch.baddbmm(mask, q.reshape(B * nh, T, -1), k.reshape(B * nh, T, -1).transpose(1, 2),
                                alpha=self.softmax_scale)  # fmt: skip
-        probs = scores.softmax(dim=-1, dtype=torch.float32).to(v.dtype)
+        probs = scores.softmax(dim=-1)
         return torch.bmm(probs, v.reshape(B * nh, T, -1)).view(B, nh, T, -1)
 
     def forward_cached(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, step: CacheStep) -> torch.Tensor:
