@@ -72,7 +72,7 @@ def _plot_training(rows: list[dict], out: Path) -> bool:
     if not steps:
         return False
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([r["tokens"] for r in steps], [r["loss"] for r in steps], label="train loss", lw=1)
+    ax.plot([r["tokens"] for r in steps], [r["loss"] for r in steps], label="total loss (main + MTP + balance)", lw=1)
     if any("main_loss" in r for r in steps):
         ax.plot([r["tokens"] for r in steps], [r.get("main_loss") for r in steps], label="main (next-token) loss", lw=1)
     ax.set_xlabel("tokens")
