@@ -64,7 +64,6 @@ class ServingTokenizer:
         self.stop_ids = sorted({i for i in (self.eos_id, self._id(END_OF_TURN)) if i is not None})
         self.special_ids = {i for i, t in self.tokenizer.get_added_tokens_decoder().items() if t.special}
         self._byte_level = type(self.tokenizer.decoder).__name__ == "ByteLevel"
-        self._template = None
 
     def _id(self, token: str | None) -> int | None:
         return None if token is None else self.tokenizer.token_to_id(token)
@@ -96,26 +95,26 @@ class ServingTokenizer:
             return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
     # ---- chat
-    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
-        """Render a conversation with the run's Jinja chat template, the way transformers' apply_chat_template does."""
+    def _specials(self) -> dict[str, str | None]:
+        return {k: _token_content(self.config.get(k)) for k in ("bos_token", "eos_token", "pad_token")}
+
+    def _chat_template(self) -> str:
         if not self.chat_template:
             raise ValueError(f"the tokenizer in {self.folder} has no chat_template; use /v1/completions instead")
-        if self._template is None:
-            from jinja2.exceptions import TemplateError
-            from jinja2.sandbox import ImmutableSandboxedEnvironment
+        return self.chat_template
 
-            def raise_exception(message: str) -> None:
-                raise TemplateError(message)
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+        """Render a conversation with the run's Jinja chat template, the way transformers' apply_chat_template does."""
+        from vernacular.tokenizer.chat import render_chat
 
-            env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
-            env.globals["raise_exception"] = raise_exception
-            self._template = env.from_string(self.chat_template)
-        specials = {k: _token_content(self.config.get(k)) for k in ("bos_token", "eos_token", "pad_token")}
-        return self._template.render(messages=messages, add_generation_prompt=add_generation_prompt, **specials)
+        return render_chat(messages, add_generation_prompt, template=self._chat_template(), special_tokens=self._specials())
 
     def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-        # The template writes the special tokens itself, so the post-processor must not add them again.
-        return self.encode(self.render_chat(messages, add_generation_prompt), add_special_tokens=False)
+        """Token ids of a conversation: special tokens only from the template, message text always plain text."""
+        from vernacular.tokenizer.chat import encode_chat
+
+        return encode_chat(self.tokenizer, messages, add_generation_prompt, template=self._chat_template(),
+                           special_tokens=self._specials()).ids
 
     def info(self) -> dict[str, Any]:
         """What /tokenizer_info reports (the fields lm-eval's remote tokenizer and vLLM clients read)."""
