@@ -16,6 +16,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "data": ("vernacular.data.cli", "build the training data: sources -> clean, deduplicated, tokenized shards"),
     "tokenizer": ("vernacular.tokenizer.cli", "train the language-fair tokenizer and report tokenizer parity"),
     "model": ("vernacular.model.cli", "inspect model presets: parameters, FLOPs, KV-cache size"),
+    "plan": ("vernacular.plan.cli", "plan a training run: budget <-> model, tokens, GPU layout, time, cost, energy"),
     "pretrain": ("vernacular.train.cli", "pretrain the MoE model on the run's token shards"),
     "export": ("vernacular.interop.cli_export", "export a checkpoint (e.g. to a Hugging Face transformers folder)"),
     "import": ("vernacular.interop.cli_import", "import a Hugging Face DeepseekV3 folder as a Vernacular checkpoint"),

@@ -178,8 +178,40 @@ class ModelConfig:
         return cls(**d)
 
     @classmethod
+    def from_hf(cls, hf: dict[str, Any]) -> tuple[ModelConfig, list[str]]:
+        """Our config from a transformers `config.json` of the DeepseekV3ForCausalLM architecture (DeepSeek-V3/R1,
+        Kimi K2, Moonlight...), read through the same mapping as `vernacular import hf`. Fields that do not change the
+        architecture (quantization, dtype, token ids, auto_map...) are ignored; returns (config, ignored field names).
+        Raises ValueError for another architecture or an unsupported variant."""
+        from vernacular.interop.hf import config_from_hf
+
+        archs = hf.get("architectures") or []
+        if archs and "DeepseekV3ForCausalLM" not in archs:
+            raise ValueError(f"architectures {archs} are not DeepseekV3ForCausalLM; Vernacular builds DeepSeek-V3-style "
+                             "models (the planner also reads dense configs: `vernacular plan --config`)")
+        read: set[str] = set()
+
+        class _Tracking(dict):
+            def __getitem__(self, key):
+                read.add(key)
+                return super().__getitem__(key)
+
+            def get(self, key, default=None):
+                read.add(key)
+                return super().get(key, default)
+
+        # the model_type of a DeepseekV3ForCausalLM folder may be another name (kimi_k2); quantization is a storage
+        # detail for everything but loading weights
+        view = _Tracking({k: v for k, v in hf.items() if k != "quantization_config"} | {"model_type": "deepseek_v3"})
+        config, _ = config_from_hf(view)
+        ignored = sorted((set(hf) - read - {"architectures", "model_type"}) | ({"quantization_config"} & set(hf)))
+        return config, ignored
+
+    @classmethod
     def from_file(cls, path: str | Path) -> ModelConfig:
         path = Path(path)
+        if path.is_dir() and (path / "config.json").is_file():
+            path = path / "config.json"  # a transformers model folder
         if not path.is_file():
             raise FileNotFoundError(f"model config file not found: {path}")
         if path.suffix == ".toml":
@@ -190,6 +222,14 @@ class ModelConfig:
         else:
             raise ValueError(f"model config must be a .toml or .json file, got {path}")
         d = d.get("model", d) if isinstance(d.get("model"), dict) else d  # allow a [model] table
+        if "architectures" in d or "model_type" in d:  # a transformers config.json
+            config, ignored = cls.from_hf(d)
+            if ignored:
+                import sys
+
+                print(f"note: {path}: ignored fields that do not change the architecture: {', '.join(ignored)}",
+                      file=sys.stderr)
+            return config
         try:
             return cls.from_dict(d)
         except (ValueError, TypeError) as e:

@@ -143,3 +143,212 @@ def model_info(config: ModelConfig, seq_len: int | None = None, dtype_bytes: int
             "mha_over_latent": kv.mha / kv.latent,
         },
     }
+
+
+# ------------------------------------------------------------------------------------------------ architecture specs
+# The planner (vernacular/plan) also accounts for models that are not ours (a dense transformers `config.json`, such
+# as Apertus or Llama, or nanochat's GPT given as raw numbers). `ArchSpec` is the common description every formula
+# below reads; `arch_spec(config)` derives it from our ModelConfig with the same counts as `parameter_breakdown`.
+
+
+@dataclass
+class ArchSpec:
+    """What FLOP and memory accounting needs to know about a decoder-only transformer.
+
+    Counts are numbers of parameters; widths are numbers of activations per token. `expert_*` are the routed experts
+    (0 for a dense model); `mtp_*` the multi-token-prediction modules (DeepSeek-V3), excluded from total/active."""
+
+    name: str
+    total: int  # main model, embeddings + lm_head included
+    active: int  # what one token touches (k routed experts of E)
+    embedding: int  # the input embedding (a lookup, no matmul FLOPs)
+    lm_head: int  # vocab x hidden (tied or not: the matmul is done either way)
+    tied: bool
+    expert_total: int  # all routed experts of all layers
+    expert_active: int
+    num_layers: int
+    num_moe_layers: int
+    hidden_size: int
+    num_heads: int
+    qk_head_dim: int
+    v_head_dim: int
+    vocab_size: int
+    n_routed_experts: int = 0
+    num_experts_per_tok: int = 0
+    attn_act_width: int = 0  # activations saved for backward per token per layer by attention (numbers)
+    mlp_act_width: int = 0  # ... by the MLP / MoE block of a MoE layer (dense layers: dense_mlp_act_width)
+    dense_mlp_act_width: int = 0
+    kv_cache_width: int = 0  # numbers cached per token per layer at inference
+    mtp_layers: int = 0
+    mtp_total: int = 0
+    mtp_active: int = 0
+    muon_fraction: float = 1.0  # share of parameters that Muon updates (hidden matrices); the rest is AdamW
+    notes: list = None
+
+    @property
+    def active_non_embedding(self) -> int:
+        """Active parameters that do matmul work, without embedding and lm_head."""
+        return self.active - self.embedding - (0 if self.tied else self.lm_head)
+
+
+def arch_spec(config: ModelConfig) -> ArchSpec:
+    """ArchSpec of our DeepSeek-V3-style config (same counts as `parameter_breakdown`)."""
+    c = config
+    b = parameter_breakdown(c)
+    n_moe = sum(c.is_moe_layer(i) for i in range(c.num_hidden_layers))
+    expert = 3 * c.hidden_size * c.moe_intermediate_size
+    h, H = c.hidden_size, c.num_attention_heads
+    q_path = 2 * c.q_lora_rank if c.q_lora_rank else 0
+    # saved for backward (bf16 autocast): norm in/out, q/kv low-rank paths, q/k/v after RoPE, attention output, o_proj
+    attn = 2 * h + q_path + 2 * H * c.qk_head_dim + (c.kv_lora_rank + c.qk_rope_head_dim) + c.kv_lora_rank
+    attn += H * (c.qk_nope_head_dim + c.v_head_dim) + H * c.qk_head_dim + 2 * H * c.v_head_dim + h
+    # MoE: norm in/out, router scores, k dispatched copies with gate/up/act outputs and the down output, shared experts
+    k, I = c.num_experts_per_tok, c.moe_intermediate_size
+    moe = 2 * h + c.n_routed_experts + k * (h + 3 * I + h) + c.n_shared_experts * 3 * I + h
+    dense = 2 * h + 3 * c.intermediate_size + h
+    muon = b.total - b.embedding - 2 * h * c.num_hidden_layers - h - n_moe * c.n_routed_experts * h
+    return ArchSpec(
+        name="config", total=b.total, active=b.active, embedding=c.vocab_size * c.hidden_size,
+        lm_head=c.vocab_size * c.hidden_size, tied=c.tie_word_embeddings,
+        expert_total=n_moe * c.n_routed_experts * expert, expert_active=n_moe * c.num_experts_per_tok * expert,
+        num_layers=c.num_hidden_layers, num_moe_layers=n_moe, hidden_size=h, num_heads=H,
+        qk_head_dim=c.qk_head_dim, v_head_dim=c.v_head_dim, vocab_size=c.vocab_size,
+        n_routed_experts=c.n_routed_experts if n_moe else 0, num_experts_per_tok=c.num_experts_per_tok if n_moe else 0,
+        attn_act_width=attn, mlp_act_width=moe, dense_mlp_act_width=dense,
+        kv_cache_width=c.kv_lora_rank + c.qk_rope_head_dim,
+        mtp_layers=c.num_nextn_predict_layers, mtp_total=b.mtp_total, mtp_active=b.mtp_active,
+        muon_fraction=max(0.0, muon / b.total), notes=[],
+    )
+
+
+def dense_arch_spec(
+    *, name: str, hidden_size: int, intermediate_size: int, num_layers: int, num_heads: int, vocab_size: int,
+    num_kv_heads: int | None = None, head_dim: int | None = None, gated_mlp: bool = True, tied: bool = False,
+) -> ArchSpec:
+    """ArchSpec of a dense GQA/MHA transformer (Llama family, Apertus, GPT): q/k/v/o projections and an MLP of
+    3 (gated: gate, up, down) or 2 (up, down) matrices; norms counted, biases ignored (negligible)."""
+    h, H = hidden_size, num_heads
+    d = head_dim or h // H
+    kvh = num_kv_heads or H
+    attn = h * H * d + 2 * h * kvh * d + H * d * h
+    mlp = (3 if gated_mlp else 2) * h * intermediate_size
+    layer = attn + mlp + 2 * h
+    embed = vocab_size * h
+    head = 0 if tied else vocab_size * h
+    total = num_layers * layer + h + embed + head
+    act_attn = 2 * h + H * d + 2 * kvh * d + 2 * H * d + h
+    act_mlp = 2 * h + (3 if gated_mlp else 2) * intermediate_size + h
+    return ArchSpec(
+        name=name, total=total, active=total, embedding=embed, lm_head=vocab_size * h, tied=tied, expert_total=0,
+        expert_active=0, num_layers=num_layers, num_moe_layers=0, hidden_size=h, num_heads=H, qk_head_dim=d,
+        v_head_dim=d, vocab_size=vocab_size, attn_act_width=act_attn, mlp_act_width=act_mlp, dense_mlp_act_width=act_mlp,
+        kv_cache_width=2 * kvh * d, muon_fraction=(num_layers * (attn + mlp)) / total, notes=[],
+    )
+
+
+def spec_flops_per_token(spec: ArchSpec, seq_len: int, include_mtp: bool = True) -> float:
+    """Training FLOPs per token (forward + backward) of any ArchSpec; the formula of `flops_per_token`:
+    6 * (active non-embedding params + lm_head) + 6 * L * H * (d_qk + d_v) * T, plus each MTP depth's block and head."""
+    attn = 6 * spec.num_heads * (spec.qk_head_dim + spec.v_head_dim) * seq_len
+    flops = 6 * (spec.active_non_embedding + spec.lm_head) + spec.num_layers * attn
+    if include_mtp and spec.mtp_layers:
+        flops += 6 * (spec.mtp_active + spec.mtp_layers * spec.lm_head) + spec.mtp_layers * attn
+    return float(flops)
+
+
+# ------------------------------------------------------------------------------------------------ training memory
+
+
+@dataclass
+class Layout:
+    """A parallel layout: data parallel (FSDP2 over `dp` ranks), expert parallel (`ep` ranks of the dp dimension, as
+    torchtitan's DeepSeek-V3 borrows EP from data parallelism), pipeline `pp` stages and tensor parallel `tp` (with
+    sequence parallelism). World size = dp * tp * pp."""
+
+    dp: int = 1
+    ep: int = 1
+    pp: int = 1
+    tp: int = 1
+
+    @property
+    def world(self) -> int:
+        return self.dp * self.tp * self.pp
+
+    def __str__(self) -> str:
+        return f"dp{self.dp}·ep{self.ep}·pp{self.pp}·tp{self.tp}"
+
+
+# bytes per parameter of the model states as our trainer keeps them: fp32 parameters (FSDP2 shards fp32, compute
+# under bf16 autocast), fp32 gradients, Muon's one fp32 momentum buffer or AdamW's two fp32 moments.
+PARAM_BYTES, GRAD_BYTES, MUON_STATE_BYTES, ADAMW_STATE_BYTES = 4, 4, 4, 8
+ACT_BYTES = 2  # activations under bf16 autocast
+
+
+def state_bytes_per_param(spec: ArchSpec, optimizer: str = "muon") -> float:
+    """Average bytes of parameter + gradient + optimizer state per parameter (`optimizer`: "muon" or "adamw")."""
+    if optimizer == "adamw":
+        return PARAM_BYTES + GRAD_BYTES + ADAMW_STATE_BYTES
+    m = spec.muon_fraction
+    return PARAM_BYTES + GRAD_BYTES + m * MUON_STATE_BYTES + (1 - m) * ADAMW_STATE_BYTES
+
+
+def training_memory(
+    spec: ArchSpec, layout: Layout, seq_len: int, micro_batch: int = 1, recompute: bool = False,
+    optimizer: str = "muon",
+) -> dict[str, float]:
+    """Estimated peak bytes per GPU of a training step, by component.
+
+    - `states`: parameters, gradients and optimizer states, fully sharded over all ranks (FSDP2 over dp; experts over
+      ep x dp/ep; layers over pp; matrices over tp): total * state_bytes / world.
+    - `gathered`: FSDP's transient unsharded copy of two layers (the current and the prefetched one), fp32; routed
+      experts only over ep (that is what expert parallelism saves), the rest over tp.
+    - `activations`: saved for backward, bf16, for micro_batch * seq_len tokens; with 1F1B the first pipeline stage
+      holds pp micro-batches of L/pp layers, i.e. L layers' worth; sequence parallelism divides by tp. `recompute`:
+      full per-layer recomputation keeps only each layer's input plus one layer's activations. Attention is assumed
+      to be a flash kernel (no T x T scores kept).
+    - `logits`: fp32 logits and their gradient for the loss on this rank's tokens (last stage), vocab / tp.
+    Source of the activation accounting: Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+    Transformer Models"), adapted to MLA and MoE by listing each saved tensor (see `arch_spec`).
+    """
+    L, tokens = spec.num_layers, micro_batch * seq_len
+    world = layout.world
+    states = spec.total * state_bytes_per_param(spec, optimizer) / world
+    if spec.mtp_layers:
+        states += spec.mtp_total * state_bytes_per_param(spec, optimizer) / world
+    per_moe_experts = spec.expert_total / max(1, spec.num_moe_layers)
+    per_layer_dense = (spec.total - spec.expert_total - spec.embedding - (0 if spec.tied else spec.lm_head)) / L
+    layer_unsharded = per_layer_dense / layout.tp + (per_moe_experts / (layout.ep * layout.tp) if spec.num_moe_layers else 0)
+    gathered = 2 * layer_unsharded * PARAM_BYTES
+    moe_w = spec.mlp_act_width if spec.num_moe_layers else spec.dense_mlp_act_width
+    per_layer_act = (spec.attn_act_width + (spec.num_moe_layers * moe_w + (L - spec.num_moe_layers)
+                                            * spec.dense_mlp_act_width) / L) * ACT_BYTES * tokens / layout.tp
+    if recompute:
+        activations = L * spec.hidden_size * ACT_BYTES * tokens / layout.tp + per_layer_act
+    else:
+        activations = L * per_layer_act
+    logits = 2 * 4 * spec.vocab_size * tokens / layout.tp
+    total = states + gathered + activations + logits
+    return {"states": states, "gathered": gathered, "activations": activations, "logits": logits, "total": total}
+
+
+def communication_bytes(spec: ArchSpec, layout: Layout, seq_len: int, global_batch_tokens: int,
+                        micro_batch: int = 1) -> dict[str, float]:
+    """Estimated bytes each GPU sends per optimizer step, by kind (ring-algorithm volumes).
+
+    - `fsdp`: all-gather (forward and backward) + reduce-scatter of gradients, fp32: 3 * shard-group bytes * (n-1)/n
+      for the dense part over dp and the experts over dp/ep.
+    - `ep`: all-to-all dispatch + combine, forward and backward, bf16: 4 * tokens * k * hidden * (ep-1)/ep per MoE
+      layer.
+    - `tp`: sequence-parallel all-gather / reduce-scatter pairs, 2 per sublayer forward and backward, bf16.
+    - `pp`: activations and their gradients across each stage boundary, bf16.
+    """
+    dp, ep, pp, tp = layout.dp, layout.ep, layout.pp, layout.tp
+    tokens = global_batch_tokens / dp  # per data-parallel rank per step
+    dense = (spec.total - spec.expert_total) / (tp * pp)
+    experts = spec.expert_total / (ep * tp * pp)
+    fsdp = 3 * PARAM_BYTES * (dense * (dp - 1) / dp + experts * (dp // ep - 1) / max(1, dp // ep))
+    moe_layers = spec.num_moe_layers / pp
+    ep_bytes = 4 * tokens * spec.num_experts_per_tok * spec.hidden_size * ACT_BYTES * (ep - 1) / ep * moe_layers
+    tp_bytes = 8 * tokens * spec.hidden_size * ACT_BYTES * (tp - 1) / tp * (spec.num_layers / pp)
+    pp_bytes = 2 * tokens * spec.hidden_size * ACT_BYTES / tp if pp > 1 else 0.0
+    return {"fsdp": fsdp, "ep": ep_bytes, "tp": tp_bytes, "pp": pp_bytes, "total": fsdp + ep_bytes + tp_bytes + pp_bytes}

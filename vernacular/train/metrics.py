@@ -20,9 +20,6 @@ import torch.nn.functional as F
 
 from vernacular.run import atomic_write_bytes
 
-# Dense bf16 tensor-core peaks (FLOP/s, no sparsity) of common accelerators, for MFU when --peak-tflops is not given.
-GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12, "L4": 121e12,
-                 "4090": 165e12, "3090": 71e12}
 
 
 class MetricsLogger:
@@ -78,11 +75,12 @@ def peak_flops(device: torch.device, override_tflops: float | None = None) -> fl
     if override_tflops:
         return override_tflops * 1e12
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, value in GPU_PEAK_BF16.items():
-            if key in name:
-                return value
-        return 312e12
+        from vernacular.plan.hardware import accelerator  # the one accelerator table (planner, MFU, AI Act documents)
+
+        try:
+            return accelerator(torch.cuda.get_device_name(device)).peak_flops("bf16")
+        except ValueError:
+            return 312e12  # unknown GPU: an A100's peak; give --peak-tflops for a true figure
     # CPUs publish no single peak: time a large fp32 matmul, the best case the model's GEMMs can reach.
     a = torch.randn(1024, 1024)
     b = torch.randn(1024, 1024)
