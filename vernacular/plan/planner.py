@@ -184,11 +184,11 @@ def _powers_of_two(limit: int) -> list[int]:
 
 
 def layouts_for(spec: ArchSpec, world: int, gpus_per_node: int, global_batch_tokens: int, seq_len: int) -> list[Layout]:
-    """Every dp x ep x pp x tp = world with tp inside a node, pp <= layers, ep | dp and ep | experts, and at least one
+    """Every dp x ep x pp x tp = world with tp inside a node, >= 2 layers per stage, ep | dp and ep | experts, and at least one
     sequence per data-parallel rank."""
     out = []
     for tp in _powers_of_two(min(gpus_per_node, spec.num_heads)):
-        for pp in _powers_of_two(spec.num_layers):
+        for pp in _powers_of_two(max(1, spec.num_layers // 2)):  # at least two layers per pipeline stage
             if world % (tp * pp):
                 continue
             dp = world // (tp * pp)
