@@ -20,6 +20,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "pretrain": ("vernacular.train.cli", "pretrain the MoE model on the run's token shards"),
     "export": ("vernacular.interop.cli_export", "export a checkpoint (e.g. to a Hugging Face transformers folder)"),
     "import": ("vernacular.interop.cli_import", "import a Hugging Face DeepseekV3 folder as a Vernacular checkpoint"),
+    "compliance": ("vernacular.compliance.cli", "write the EU AI Act documents of a run from its records"),
     "serve": ("vernacular.serve.cli", "serve a model with an OpenAI-compatible API and a web chat"),
     "report": ("vernacular.report", "write the run's report: data, tokenizer parity, training curves, per-language bpb"),
     "speedrun": ("vernacular.speedrun", "run every stage end to end (the one-command demo)"),

@@ -110,6 +110,25 @@ class RunDir:
     def export(self) -> Path:
         return self.root / "export"
 
+    def energy_record(self, stage: str) -> Path:
+        """Energy and hardware of one training stage, measured with codecarbon (vernacular/compliance/energy.py)."""
+        return self.metrics / f"energy_{stage}.json"
+
+    # AI Act documents (vernacular compliance)
+    @property
+    def training_content_summary(self) -> Path:
+        """Public summary of training content (Art. 53(1)(d)), `.md` and `.json` with the same stem."""
+        return self.report / "training_content_summary"
+
+    @property
+    def technical_documentation(self) -> Path:
+        """Annex XI technical documentation, `.md` and `.json`."""
+        return self.report / "annex_xi_technical_documentation"
+
+    @property
+    def copyright_policy(self) -> Path:
+        return self.report / "copyright_policy.md"
+
     @property
     def run_toml(self) -> Path:
         return self.root / "run.toml"

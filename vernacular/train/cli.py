@@ -84,11 +84,16 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    from vernacular.compliance.energy import measure_energy
+    from vernacular.run import RunDir
+
     from .distributed import shutdown
     from .trainer import train
 
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        result = train(args.run_dir, cfg)
+        with measure_energy(RunDir(args.run_dir), "pretrain", enabled=rank == 0, world_size=world):
+            result = train(args.run_dir, cfg)
     finally:
         shutdown()
     if int(os.environ.get("RANK", "0")) == 0:
