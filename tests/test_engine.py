@@ -113,9 +113,9 @@ def test_continuous_batch_equals_each_prompt_alone(engine, monkeypatch):
     batch_sizes = []
     decode = engine._decode_step
 
-    def spy():
-        batch_sizes.append(len(engine._active))
-        decode()
+    def spy(reqs):
+        batch_sizes.append(len(reqs))
+        decode(reqs)
 
     monkeypatch.setattr(engine, "_decode_step", spy)
     for stagger in (False, True):
@@ -289,3 +289,95 @@ def test_filter_logits_top_k_and_top_p():
     assert kept(filter_logits(logits, 1.0, 0, 0.95)) == [True, True, True, False]
     probs = filter_logits(logits, 0.5, 0, 1.0).softmax(-1)  # temperature 0.5 sharpens: p_i ~ p_i^2
     assert probs.tolist() == pytest.approx((torch.tensor([0.5, 0.3, 0.15, 0.05]) ** 2 / 0.3650).tolist(), abs=1e-4)
+
+
+# ---------------------------------------------------------------- issue 14.0: no parameter or fault kills the engine
+def test_sampling_is_numerically_safe_for_any_accepted_parameter():
+    from vernacular.serve.sampling import sample_next
+
+    g = [torch.Generator().manual_seed(0)]
+    torch.manual_seed(0)
+    rows = {
+        "normal": torch.randn(1, 50) * 30,
+        "nan": torch.full((1, 50), float("nan")),
+        "all masked": torch.full((1, 50), float("-inf")),
+        "+inf": torch.tensor([[0.0] * 10 + [float("inf")] + [0.0] * 39]),
+        "huge": torch.tensor([[3e38] * 3 + [-3e38] * 47]),
+    }
+    for temperature in (1e-40, 1e-6, 1e-5, 0.3, 2.0, 1e30):
+        for top_p in (1e-12, 0.5, 1.0):
+            for top_k in (0, 1, 7):
+                p = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k)
+                for name, row in rows.items():
+                    tok = int(sample_next(row.clone(), [p], g)[0])
+                    assert 0 <= tok < 50, (name, temperature, top_p)
+                    if name == "+inf":
+                        assert tok == 10
+    # a tiny temperature is greedy (vLLM: below 1e-5), not a division that overflows to inf
+    row = torch.randn(1, 50)
+    assert int(sample_next(row.clone(), [SamplingParams(temperature=1e-40)], g)[0]) == int(row.argmax())
+
+
+def test_a_failing_step_fails_its_requests_only_and_the_engine_carries_on(engine, monkeypatch):
+    prompt = prompts(engine.tokenizer, 1)[0]
+    forward, calls = engine._forward, []
+
+    def broken_once(*a, **kw):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return forward(*a, **kw)
+
+    monkeypatch.setattr(engine, "_forward", broken_once)
+    failed = engine.complete(prompt, greedy(max_tokens=4))
+    assert failed.finish_reason == "error" and "probability tensor" in failed.error
+    assert engine.running and engine.failures >= 1
+    ok = engine.complete(prompt, greedy(max_tokens=4))
+    assert ok.finish_reason == "length" and ok.completion_tokens == 4
+
+
+def test_a_failing_row_fails_that_request_alone(engine):
+    class BadGrammar:
+        def allowed(self):
+            raise ValueError("grammar exploded")
+
+    prompt = prompts(engine.tokenizer, 1)[0]
+    outs = {}
+    done = threading.Event()
+
+    def collect(name):
+        def cb(out):
+            if out.finished:
+                outs[name] = out
+                if len(outs) == 2:
+                    done.set()
+        return cb
+
+    with engine._cv:  # both join the same decode batch
+        engine.submit(prompt, greedy(max_tokens=6), collect("bad"), stream=False, constraint=BadGrammar())
+        engine.submit(prompt, greedy(max_tokens=6), collect("good"), stream=False)
+    assert done.wait(60)
+    assert outs["bad"].finish_reason == "error" and "grammar exploded" in outs["bad"].error
+    assert outs["good"].finish_reason == "length" and outs["good"].completion_tokens == 6
+
+
+def test_a_dead_scheduler_loop_is_restarted(engine):
+    from collections import deque
+
+    class Exploding(deque):
+        armed = True
+
+        def popleft(self):
+            if Exploding.armed:
+                Exploding.armed = False
+                raise RuntimeError("scheduler bug")
+            return super().popleft()
+
+    prompt = prompts(engine.tokenizer, 1)[0]
+    restarts = engine.restarts
+    with engine._cv:
+        engine._waiting = Exploding(engine._waiting)
+    failed = engine.complete(prompt, greedy(max_tokens=3))
+    assert failed.finish_reason == "error" and "scheduler bug" in failed.error
+    assert engine.restarts == restarts + 1 and engine.running
+    assert engine.complete(prompt, greedy(max_tokens=3)).finish_reason == "length"

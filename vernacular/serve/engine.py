@@ -27,7 +27,9 @@ from typing import Callable, Iterator
 
 import torch
 
-from vernacular.serve.sampling import SamplingParams, TokenLogprob, make_generator, sample_next, token_logprobs
+from vernacular.serve.sampling import (
+    SamplingParams, TokenLogprob, make_generator, process_logits, sample_next, token_logprobs,
+)  # fmt: skip
 from vernacular.serve.text import ServingTokenizer, TextStream
 
 PREFILL_CHUNK = 512  # prompt tokens per prefill forward: bounds the [B, T, vocab] logits tensor
@@ -51,10 +53,11 @@ class StepOutput:
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
     finished: bool = False
-    finish_reason: str | None = None  # "stop" | "length" | "abort"
+    finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
     prompt_tokens: int = 0
     completion_tokens: int = 0
     prompt_logprobs: list[TokenLogprob | None] | None = None  # only on the first output, when asked (echo)
+    error: str | None = None  # finish_reason "error": why serving this request failed (the server's fault)
 
 
 @dataclass
@@ -68,6 +71,7 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     prompt_logprobs: list[TokenLogprob | None] | None
+    error: str | None = None
 
 
 class Request:
@@ -77,7 +81,7 @@ class Request:
 
     def __init__(self, prompt_ids: list[int], params: SamplingParams, generator: torch.Generator,
                  stream: TextStream, stop_ids: set[int], on_output: Callable[[StepOutput], None],
-                 streaming: bool = True):  # fmt: skip
+                 streaming: bool = True, constraint=None):  # fmt: skip
         self.id = next(Request._ids)
         self.prompt_ids = prompt_ids
         self.params = params
@@ -94,6 +98,7 @@ class Request:
         self.aborted = threading.Event()
         self.sent_prompt_info = False
         self.prompt_lp: list[TokenLogprob | None] | None = None
+        self.constraint = constraint  # a grammar (vernacular.serve.constraints): allowed-token mask per step
 
     def abort(self) -> None:
         """Ask the scheduler to drop this request (client went away); it finishes with reason "abort"."""
@@ -129,12 +134,14 @@ class Engine:
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
+        self.error: BaseException | None = None  # the last failure of a step or of the scheduler loop
+        self.failures = 0  # steps that failed (their requests got finish_reason "error"); the engine carried on
+        self.restarts = 0  # times the scheduler loop itself died and was restarted
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Engine":
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="vernacular-engine", daemon=True)
+            self._thread = threading.Thread(target=self._supervise, name="vernacular-engine", daemon=True)
             self._thread.start()
         return self
 
@@ -167,26 +174,35 @@ class Engine:
             return len(self._waiting), len(self._active)
 
     # ------------------------------------------------------------------ submitting work
-    def check(self, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Raise RequestError if this request cannot be served; called before anything is queued."""
+    def check(self, prompt_ids: list[int], params: SamplingParams, prompt_param: str = "prompt") -> None:
+        """Raise RequestError if this request cannot be served; called before anything is queued.
+
+        `prompt_param` names the request field the prompt came from ("prompt", "messages", "input") in errors: a
+        prompt that alone fills the context is that field's fault, one that fits but not with max_tokens is
+        max_tokens'."""
         if not prompt_ids:
-            raise RequestError("the prompt is empty", param="prompt")
+            raise RequestError("the prompt is empty", param=prompt_param)
         vocab = self.config.vocab_size
         if any((not isinstance(t, int)) or isinstance(t, bool) or t < 0 or t >= vocab for t in prompt_ids):
-            raise RequestError(f"prompt token ids must be integers in [0, {vocab})", param="prompt")
+            raise RequestError(f"prompt token ids must be integers in [0, {vocab})", param=prompt_param)
+        if any(not 0 <= t < vocab for t in params.logit_bias):
+            raise RequestError(f"logit_bias keys must be token ids in [0, {vocab})", param="logit_bias")
         if len(prompt_ids) + params.max_tokens > self.max_model_len:
+            too_long = len(prompt_ids) >= self.max_model_len
             raise RequestError(
                 f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
-                f"{len(prompt_ids) + params.max_tokens} tokens ({len(prompt_ids)} in the prompt, "
-                f"{params.max_tokens} for the completion). Please reduce the prompt or max_tokens.",
-                param="max_tokens" if params.max_tokens else "prompt",
+                f"{len(prompt_ids) + params.max_tokens} tokens ({len(prompt_ids)} in the {prompt_param}, "
+                f"{params.max_tokens} for the completion). Please reduce the "
+                f"{prompt_param if too_long else 'max_tokens'}.",
+                param=prompt_param if too_long else "max_tokens",
                 code="context_length_exceeded",
             )
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, on_output: Callable[[StepOutput], None],
-               stream: bool = True) -> Request:  # fmt: skip
+               stream: bool = True, constraint=None) -> Request:  # fmt: skip
         """Queue a request; `on_output` is called from the scheduler thread with each StepOutput (stream=True), or
-        once with everything aggregated when the request finishes (stream=False)."""
+        once with everything aggregated when the request finishes (stream=False). `constraint`: a fresh
+        `vernacular.serve.constraints.Constraint` (structured outputs) or None."""
         self.check(prompt_ids, params)
         if not self.running:
             raise RuntimeError("the engine is not running")
@@ -194,7 +210,7 @@ class Engine:
         stop_ids = set(params.stop_token_ids) | (set() if params.ignore_eos else self.stop_ids)
         with self._cv:
             generator = make_generator(params.seed, self.rng)
-            req = Request(list(prompt_ids), params, generator, text_stream, stop_ids, on_output, stream)
+            req = Request(list(prompt_ids), params, generator, text_stream, stop_ids, on_output, stream, constraint)
             self._waiting.append(req)
             self._cv.notify_all()
         return req
@@ -223,43 +239,71 @@ class Engine:
                 prompt_lps = out.prompt_logprobs
             last = out
         return Completion("".join(text), ids, lps, last.finish_reason, last.prompt_tokens, last.completion_tokens,
-                          prompt_lps)  # fmt: skip
+                          prompt_lps, last.error)  # fmt: skip
 
     # ------------------------------------------------------------------ the scheduler
-    def _loop(self) -> None:
-        try:
-            while True:
+    MAX_RESTARTS = 100  # a loop that keeps dying is a broken engine, not a bad request: then stop for good
+
+    def _supervise(self) -> None:
+        """Run the scheduler loop; if it dies, fail what was in flight, record why, and start it again."""
+        while True:
+            try:
+                self._loop()
+                break
+            except BaseException as e:  # noqa: BLE001 - the server must keep answering
+                self.error = e
                 with self._cv:
-                    while not self._stopping and not self._waiting and not self._active:
-                        self._cv.wait()
-                    if self._stopping:
-                        break
-                    admitted = []
-                    while self._waiting and self._free_slots:
-                        req = self._waiting.popleft()
-                        if req.aborted.is_set():
-                            self._finish(req, "abort", release_slot=False)
-                            continue
-                        req.slot = self._free_slots.pop()
-                        admitted.append(req)
-                for req in [r for r in self._active if r.aborted.is_set()]:
-                    self._finish(req, "abort")
-                with torch.inference_mode():
-                    if admitted:
-                        self._prefill(admitted)
-                    if self._active:
-                        self._decode_step()
-        except BaseException as e:  # keep the server answering: fail the requests, remember why
-            self.error = e
-            raise
-        finally:
+                    pending = list(self._waiting) + list(self._active)
+                    self._waiting.clear()
+                self._fail(pending, e)
+                if self._stopping or self.restarts >= self.MAX_RESTARTS or not isinstance(e, Exception):
+                    break
+                self.restarts += 1
+        with self._cv:
+            self._stopping = True
+            pending = list(self._waiting) + list(self._active)
+            self._waiting.clear()
+        for req in pending:
+            if not req.finished:
+                self._finish(req, "abort")
+
+    def _loop(self) -> None:
+        while True:
             with self._cv:
-                self._stopping = True
-                pending = list(self._waiting) + list(self._active)
-                self._waiting.clear()
-            for req in pending:
-                if not req.finished:
-                    self._finish(req, "abort")
+                while not self._stopping and not self._waiting and not self._active:
+                    self._cv.wait()
+                if self._stopping:
+                    return
+                admitted = []
+                while self._waiting and self._free_slots:
+                    req = self._waiting.popleft()
+                    if req.aborted.is_set():
+                        self._finish(req, "abort", release_slot=False)
+                        continue
+                    req.slot = self._free_slots.pop()
+                    admitted.append(req)
+            for req in [r for r in self._active if r.aborted.is_set()]:
+                self._finish(req, "abort")
+            # a failing forward cannot be blamed on one row: its requests fail (an error to each client), the
+            # engine goes on with the next step
+            for step, reqs in ((self._prefill, admitted), (self._decode_step, None)):
+                reqs = reqs if reqs is not None else list(self._active)
+                if not reqs:
+                    continue
+                try:
+                    with torch.inference_mode():
+                        step(reqs)
+                except Exception as e:  # noqa: BLE001
+                    self.error = e
+                    self.failures += 1
+                    self._fail(reqs, e)
+
+    def _fail(self, reqs: list[Request], exc: BaseException) -> None:
+        """Finish `reqs` with reason "error" (each client gets an error), freeing their slots."""
+        for r in reqs:
+            if not r.finished:
+                r.held = None  # a failed request delivers no partial answer
+                self._finish(r, "error", error=f"{type(exc).__name__}: {exc}")
 
     def _forward(self, ids: torch.Tensor, slots: list[int], start_pos: list[int],
                  logits_at: list[int] | None = None) -> torch.Tensor:  # fmt: skip
@@ -315,36 +359,61 @@ class Engine:
         if rest:
             self._sample_and_emit([reqs[i] for i in rest], last_logits[rest])
 
-    def _decode_step(self) -> None:
+    def _decode_step(self, reqs: list[Request]) -> None:
         """One token for every active request: a [B, 1] forward, each row at its own position in its own slot."""
-        reqs = list(self._active)
         ids = torch.tensor([[r.tokens[-1]] for r in reqs], dtype=torch.long)
         logits = self._forward(ids, [r.slot for r in reqs], [len(r.tokens) - 1 for r in reqs])
         self._sample_and_emit(reqs, logits[:, -1])
 
     def _sample_and_emit(self, reqs: list[Request], logits: torch.Tensor) -> None:
+        """Process, sample and emit one token per request. A failure in one row (its grammar, its callback) fails
+        that request alone."""
         params = [r.params for r in reqs]
+        failed: dict[int, Exception] = {}
+        for i, r in enumerate(reqs):
+            if r.constraint is None and not r.params.processes_logits:
+                continue
+            try:
+                allowed = r.constraint.allowed() if r.constraint is not None else None
+                process_logits(logits[i], r.params, r.prompt_ids, r.generated, r.stop_ids, allowed)
+            except Exception as e:  # noqa: BLE001
+                failed[i] = e
         chosen = sample_next(logits, params, [r.generator for r in reqs])
-        lp_rows = [i for i, p in enumerate(params) if p.logprobs is not None]
+        lp_rows = [i for i, p in enumerate(params) if p.logprobs is not None and i not in failed]
         lps: dict[int, TokenLogprob] = {}
         if lp_rows:
             got = token_logprobs(logits[lp_rows], chosen[lp_rows], [params[i].logprobs for i in lp_rows])
             lps = dict(zip(lp_rows, got))
         for i, (r, tok) in enumerate(zip(reqs, chosen.tolist())):
-            r.tokens.append(tok)
-            r.generated.append(tok)
-            is_stop_token = tok in r.stop_ids
-            text = "" if is_stop_token else r.stream.push(tok)
-            reason = None
-            if is_stop_token or r.stream.stopped:
-                reason = "stop"
-            elif len(r.generated) >= r.params.max_tokens or len(r.tokens) >= self.max_model_len:
-                reason = "length"
-            out = self._output(r, text, [tok], [lps[i]] if i in lps else [])
-            if reason is None:
-                self._emit(r, out)
-            else:
-                self._finish(r, reason, partial=out)
+            if i in failed:
+                self._fail([r], failed[i])
+                continue
+            try:
+                self._advance(r, tok, [lps[i]] if i in lps else [])
+            except Exception as e:  # noqa: BLE001
+                self.error = e
+                self.failures += 1
+                self._fail([r], e)
+
+    def _advance(self, r: Request, tok: int, lps: list[TokenLogprob]) -> None:
+        r.tokens.append(tok)
+        r.generated.append(tok)
+        is_stop_token = tok in r.stop_ids
+        grammar_done = False
+        if r.constraint is not None and not is_stop_token:
+            r.constraint.advance(tok)
+            grammar_done = r.constraint.is_done()
+        text = "" if is_stop_token else r.stream.push(tok)
+        reason = None
+        if is_stop_token or r.stream.stopped or grammar_done:
+            reason = "stop"
+        elif len(r.generated) >= r.params.max_tokens or len(r.tokens) >= self.max_model_len:
+            reason = "length"
+        out = self._output(r, text, [tok], lps)
+        if reason is None:
+            self._emit(r, out)
+        else:
+            self._finish(r, reason, partial=out)
 
     def _output(self, r: Request, text: str, token_ids: list[int], logprobs: list[TokenLogprob]) -> StepOutput:
         out = StepOutput(r.id, text, token_ids, logprobs, prompt_tokens=len(r.prompt_ids),
@@ -366,8 +435,9 @@ class Engine:
             r.held.logprobs += out.logprobs
             r.held.completion_tokens = out.completion_tokens
 
-    def _finish(self, r: Request, reason: str, *, partial: StepOutput | None = None, release_slot: bool = True) -> None:
-        """Emit the final output of `r` (flushing held-back text) and give its slot back."""
+    def _finish(self, r: Request, reason: str, *, partial: StepOutput | None = None, release_slot: bool = True,
+                error: str | None = None) -> None:  # fmt: skip
+        """Emit the final output of `r` (flushing held-back text) and give its slot back. Never raises."""
         if r.finished:
             return
         r.finished = True
@@ -375,8 +445,12 @@ class Engine:
         if r.held is not None:
             self._emit(r, out)
             out, r.held = r.held, None
-        out.text += r.stream.finish()
-        out.finished, out.finish_reason = True, reason
+        if error is None:
+            try:
+                out.text += r.stream.finish()
+            except Exception as e:  # noqa: BLE001
+                reason, error = "error", f"{type(e).__name__}: {e}"
+        out.finished, out.finish_reason, out.error = True, reason, error
         with self._cv:
             if r in self._active:
                 self._active.remove(r)
@@ -384,4 +458,7 @@ class Engine:
                 self._free_slots.append(r.slot)
                 r.slot = -1
             self._cv.notify_all()
-        r.on_output(out)
+        try:
+            r.on_output(out)
+        except Exception as e:  # noqa: BLE001 - a consumer that went away must not take the scheduler down
+            self.error = e
