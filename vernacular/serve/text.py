@@ -69,8 +69,14 @@ class ServingTokenizer:
         return None if token is None else self.tokenizer.token_to_id(token)
 
     # ---- encoding / decoding
-    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+    def encode(self, text: str, add_special_tokens: bool = True, special_text: bool = False) -> list[int]:
+        """Token ids of `text`. The text of a special token (`<|end|>`) stays plain text unless `special_text`, when
+        it becomes that control token (what HF `tokenizers` and vLLM do by default). `add_special_tokens`: apply the
+        tokenizer's post-processor (BOS/EOS), as in HF."""
+        from vernacular.tokenizer.chat import _plain_tokenizer
+
+        tokenizer = self.tokenizer if special_text else _plain_tokenizer(self.tokenizer)
+        return tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
 
     def decode(self, ids: list[int], skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)

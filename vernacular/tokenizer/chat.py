@@ -23,27 +23,54 @@ contents without special-token text all three give identical ids.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
 from vernacular.tokenizer import ASSISTANT, BOS, END, EOS, PAD
 
-ROLES = ("system", "developer", "user", "assistant")
+ROLES = ("system", "developer", "user", "assistant", "tool")
+
+# Tool calling (OpenAI's `tools`, assistant `tool_calls`, `tool` messages) in plain text around the special tokens:
+# the tool definitions open the chat as a system turn, a call is `<tool_call>{"name": ..., "arguments": {...}}
+# </tool_call>` inside the assistant's turn, a tool's result comes back as a user turn in `<tool_response>`.
+TOOL_CALL_START, TOOL_CALL_END = "<tool_call>", "</tool_call>"
+TOOLS_PREAMBLE = (
+    "# Tools\n\nYou may call the functions below. To call one, answer with " + TOOL_CALL_START
+    + '{"name": <function name>, "arguments": <JSON object>}' + TOOL_CALL_END
+    + " (one block per call); the results come back in <tool_response> blocks.\n\n"
+)  # fmt: skip
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'developer', 'user', 'assistant'] %}"
-    "{{ raise_exception('unknown chat role: ' ~ message['role'] ~ ' (expected system, developer, user or assistant)') }}"
+    "{% if tools %}"
+    "{{ '<|system|>\n" + TOOLS_PREAMBLE.replace("\n", "\\n").replace("'", "\\'") + "' }}"
+    "{% for tool in tools %}{{ (tool['function'] if tool['function'] is defined else tool) | tojson ~ '\n' }}"
+    "{% endfor %}"
+    "{{ '" + END + "\n' }}"
     "{% endif %}"
-    "{% if message['content'] is string %}{% set content = message['content'] %}"
-    "{% elif message['content'] is iterable and message['content'] is not mapping %}"
-    "{% set content = message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ['system', 'developer', 'user', 'assistant', 'tool'] %}"
+    "{{ raise_exception('unknown chat role: ' ~ message['role'] ~ ' (expected system, developer, user, assistant or tool)') }}"
+    "{% endif %}"
+    "{% set raw = message['content'] if message['content'] is defined else none %}"
+    "{% if raw is string %}{% set content = raw %}"
+    "{% elif raw is none %}{% set content = '' %}"
+    "{% elif raw is iterable and raw is not mapping %}"
+    "{% set content = raw | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') %}"
     "{% else %}{{ raise_exception('chat message content must be a string or a list of text parts') }}"
     "{% endif %}"
     "{% if message['role'] == 'assistant' %}"
-    "{{ '" + ASSISTANT + "\n' }}{% generation %}{{ content ~ '" + END + "' }}{% endgeneration %}{{ '\n' }}"
+    "{{ '" + ASSISTANT + "\n' }}{% generation %}{{ content }}"
+    "{% if message['tool_calls'] is defined and message['tool_calls'] %}{% for call in message['tool_calls'] %}"
+    "{% set f = call['function'] if call['function'] is defined else call %}"
+    "{{ '" + TOOL_CALL_START + "{\"name\": ' ~ (f['name'] | tojson) ~ ', \"arguments\": ' ~ "
+    "(f['arguments'] if f['arguments'] is string else f['arguments'] | tojson) ~ '}" + TOOL_CALL_END + "' }}"
+    "{% endfor %}{% endif %}"
+    "{{ '" + END + "' }}{% endgeneration %}{{ '\n' }}"
+    "{% elif message['role'] == 'tool' %}"
+    "{{ '<|user|>\n<tool_response>\n' ~ content ~ '\n</tool_response>" + END + "\n' }}"
     "{% else %}"
     "{{ '<|' ~ ('system' if message['role'] == 'developer' else message['role']) ~ '|>\n' ~ content ~ '" + END + "\n' }}"
     "{% endif %}"
@@ -62,7 +89,8 @@ def _raise(message: str):
 
 # Private-use characters that mark, in the rendered template, where a content goes and where a generation block
 # starts and ends. Contents are substituted only after the markers have been read, so a message cannot fake them.
-_GEN_START, _GEN_END, _SLOT = "\ue000", "\ue001", "\ue002"
+_GEN_START, _GEN_END, _SLOT, _DATA_START, _DATA_END = "\ue000", "\ue001", "\ue002", "\ue003", "\ue004"
+_RESERVED = (_GEN_START, _GEN_END, _SLOT, _DATA_START, _DATA_END)
 _SLOT_RE = re.compile(_SLOT + r"(\d+)" + _SLOT)
 
 
@@ -85,11 +113,13 @@ def _environment(track_generation: bool):
             inner = caller()
             return _GEN_START + inner + _GEN_END if track_generation else inner
 
-    # transformers compiles chat templates with exactly these flags
+    # transformers compiles chat templates with exactly these flags, and overrides `tojson` with this one
     env = ImmutableSandboxedEnvironment(
         trim_blocks=True, lstrip_blocks=True, extensions=[Generation, "jinja2.ext.loopcontrols"]
     )
     env.globals["raise_exception"] = _raise
+    env.filters["tojson"] = lambda x, ensure_ascii=False, indent=None, separators=None, sort_keys=False: json.dumps(
+        x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)  # fmt: skip
     return env
 
 
@@ -99,8 +129,8 @@ _compiled: dict[tuple[str, bool], Any] = {}
 def _template(source: str, track_generation: bool):
     key = (source, track_generation)
     if key not in _compiled:
-        if any(c in source for c in (_GEN_START, _GEN_END, _SLOT)):
-            raise ChatTemplateError("the chat template contains reserved private-use characters U+E000..U+E002")
+        if any(c in source for c in _RESERVED):
+            raise ChatTemplateError("the chat template contains reserved private-use characters U+E000..U+E004")
         if len(_compiled) > 16:
             _compiled.clear()
         _compiled[key] = _environment(track_generation).from_string(source)
@@ -118,6 +148,8 @@ def content_text(content: Any) -> str:
                 raise ChatTemplateError("content parts must be {'type': 'text', 'text': str} (only text is supported)")
             texts.append(part["text"])
         return "".join(texts)
+    if content is None:
+        return ""
     raise ChatTemplateError("chat message content must be a string or a list of text parts")
 
 
@@ -125,11 +157,28 @@ def _check(messages) -> list[dict]:
     if not isinstance(messages, (list, tuple)) or not all(isinstance(m, dict) for m in messages):
         raise ChatTemplateError("messages must be a list of {'role': ..., 'content': ...} dicts")
     for m in messages:
-        if "role" not in m or "content" not in m:
+        if "role" not in m or ("content" not in m and not m.get("tool_calls")):
             raise ChatTemplateError(f"chat message without role or content: {m!r}")
         if m["role"] not in ROLES:
             raise ChatTemplateError(f"unknown chat role: {m['role']} (expected {', '.join(ROLES)})")
+        if m.get("content") is None and not (m["role"] == "assistant" and m.get("tool_calls")):
+            raise ChatTemplateError("chat message content must be a string or a list of text parts")
     return list(messages)
+
+
+def _as_data(value: Any, specials: set[str]) -> Any:
+    """`value` (tools, tool calls) with every string value wrapped in data markers, so that whatever text it holds
+    stays plain text; keys that spell a special token are refused (they cannot be marked without renaming them)."""
+    if isinstance(value, str):
+        return _DATA_START + value + _DATA_END
+    if isinstance(value, (list, tuple)):
+        return [_as_data(v, specials) for v in value]
+    if isinstance(value, dict):
+        for k in value:
+            if isinstance(k, str) and any(s in k for s in specials):
+                raise ChatTemplateError(f"a key in tools or tool_calls spells a special token: {k!r}")
+        return {k: _as_data(v, specials) for k, v in value.items()}
+    return value
 
 
 def render_chat(
@@ -137,15 +186,17 @@ def render_chat(
     add_generation_prompt: bool = True,
     template: str = CHAT_TEMPLATE,
     special_tokens: dict[str, str | None] | None = None,
+    tools: list[dict] | None = None,
 ) -> str:
-    """The conversation as text, exactly as transformers' `apply_chat_template(tokenize=False)` renders it.
+    """The conversation as text, exactly as transformers' `apply_chat_template(tokenize=False, tools=...)` renders it.
 
-    `messages` as in the OpenAI API. `special_tokens` fills the template's `bos_token`/`eos_token`/`pad_token`
-    variables (default: ours). Raises ChatTemplateError on bad messages.
+    `messages` and `tools` as in the OpenAI API. `special_tokens` fills the template's `bos_token`/`eos_token`/
+    `pad_token` variables (default: ours). Raises ChatTemplateError on bad messages.
     """
     messages = _check(messages)
     specials = special_tokens or {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
-    return _template(template, False).render(messages=messages, add_generation_prompt=add_generation_prompt, **specials)
+    return _template(template, False).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                             tools=tools or None, **specials)  # fmt: skip
 
 
 @dataclass
@@ -184,27 +235,40 @@ def encode_chat(
     add_generation_prompt: bool = False,
     template: str = CHAT_TEMPLATE,
     special_tokens: dict[str, str | None] | None = None,
+    tools: list[dict] | None = None,
 ) -> ChatEncoding:
     """Render and tokenise a chat; special tokens come only from the template, message text is always plain text.
 
     `tokenizer`: an HF `tokenizers.Tokenizer` (ours, or any with the template's special tokens as added tokens).
+    `tools`: OpenAI tool definitions; they and the messages' `tool_calls` are message text too (plain text).
     Returns a ChatEncoding. For contents without special-token text, `ids` equal transformers'
     `apply_chat_template(tokenize=True)` and `assistant_mask` its `return_assistant_tokens_mask` (tested).
     Raises ChatTemplateError on bad messages or a template that drops a message's content.
     """
     messages = _check(messages)
-    contents = [content_text(m["content"]) for m in messages]
+    added = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
+    contents = [content_text(m.get("content")) for m in messages]
     slotted = [{**m, "content": f"{_SLOT}{i}{_SLOT}"} for i, m in enumerate(messages)]
+    for m in slotted:
+        if m.get("tool_calls"):
+            m["tool_calls"] = _as_data(m["tool_calls"], set(added))
     specials = special_tokens or {"bos_token": BOS, "eos_token": EOS, "pad_token": PAD}
-    marked = _template(template, True).render(messages=slotted, add_generation_prompt=add_generation_prompt, **specials)
+    marked = _template(template, True).render(messages=slotted, add_generation_prompt=add_generation_prompt,
+                                              tools=_as_data(tools, set(added)) if tools else None, **specials)
 
     # 1. read the markers: the final text, where each content lies in it, and the generation spans
     text_parts: list[str] = []
     content_spans: list[tuple[int, int]] = []
     gen_spans: list[tuple[int, int]] = []
-    pos, gen_open, used = 0, None, []
-    for piece in re.split(f"({_GEN_START}|{_GEN_END}|{_SLOT}\\d+{_SLOT})", marked):
-        if piece == _GEN_START:
+    pos, gen_open, data_open, used = 0, None, None, []
+    for piece in re.split(f"({_GEN_START}|{_GEN_END}|{_DATA_START}|{_DATA_END}|{_SLOT}\\d+{_SLOT})", marked):
+        if piece == _DATA_START:
+            data_open = pos
+        elif piece == _DATA_END:
+            if data_open is not None:
+                content_spans.append((data_open, pos))
+            data_open = None
+        elif piece == _GEN_START:
             gen_open = pos
         elif piece == _GEN_END:
             if gen_open is not None:
@@ -224,7 +288,6 @@ def encode_chat(
     text = "".join(text_parts)
 
     # 2. split on special tokens that lie in template text only; encode the runs between them as plain text
-    added = {t.content: i for i, t in tokenizer.get_added_tokens_decoder().items() if t.special}
     plain = _plain_tokenizer(tokenizer)
     ids: list[int] = []
     offsets: list[tuple[int, int]] = []
