@@ -126,7 +126,7 @@ def test_completions_stream(client):
     body = {"prompt": flores("hun", 2), "max_tokens": 12, "temperature": 0, "stream": True, "ignore_eos": True,
             "stream_options": {"include_usage": True}}  # fmt: skip
     events = sse_events(client.post("/v1/completions", json=body).text)
-    full = client.post("/v1/completions", json={**body, "stream": False}).json()
+    full = client.post("/v1/completions", json={**body, "stream": False, "stream_options": None}).json()
     assert "".join(e["choices"][0]["text"] for e in events if e["choices"]) == full["choices"][0]["text"]
     assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] == 12
 
@@ -182,7 +182,7 @@ def test_client_mistakes_get_openai_shaped_4xx(client):
     assert_openai_error(post("/v1/completions", json={"prompt": "x " * 250, "max_tokens": 10}), 400,
                         "context_length_exceeded")  # fmt: skip
     assert_openai_error(post("/v1/completions", json={"prompt": "x", "max_tokens": 201}), 400)  # server limit
-    assert_openai_error(post("/v1/completions", json={"prompt": "x", "presence_penalty": 1}), 400)
+    assert_openai_error(post("/v1/completions", json={"prompt": "x", "presence_penalty": 3}), 400)  # [-2, 2]
     assert_openai_error(post("/v1/chat/completions", json={"messages": []}), 400)
     assert_openai_error(post("/v1/chat/completions", json={"messages": [{"role": "wizard", "content": "x"}]}), 400)
     assert_openai_error(post("/v1/chat/completions", json={"messages": "hello"}), 400)

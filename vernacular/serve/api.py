@@ -7,57 +7,37 @@ FastAPI's own validation errors, which would otherwise be 422s in another shape)
 
 Limits (API key, body size, concurrent requests) are plain ASGI middleware, so they act before a body is parsed and
 also cover streaming responses, which stay "in flight" until their last SSE chunk is sent.
+
+This module holds the app, its middleware, errors and the small endpoints; each generation surface has its own module
+(`completions.py`, `chat.py`, `responses.py`, as vLLM's serving_completion / serving_chat / serving_responses) over
+the one request -> engine path in `serving.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
-import uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from vernacular.serve.engine import Engine, RequestError, StepOutput
-from vernacular.serve.sampling import SamplingParams, TokenLogprob
+from vernacular.serve.engine import Engine, RequestError
 from vernacular.serve.schemas import (
-    ChatCompletionRequest, ChatCompletionResponse, CompletionRequest, CompletionResponse, DetokenizeRequest,
-    DetokenizeResponse, ErrorResponse, Health, ModelCard, ModelList, TokenizeRequest, TokenizeResponse,
+    DetokenizeRequest, DetokenizeResponse, ErrorResponse, Health, ModelCard, ModelList, TextError, TokenizeRequest,
+    TokenizeResponse,
 )  # fmt: skip
-from vernacular.serve.text import offsets_and_text
+from vernacular.serve.serving import APIError, Serving, ServerLimits
+
+__all__ = ["APIError", "ServerLimits", "create_app"]
 
 STATIC_DIR = Path(__file__).parent / "static"
 PROTECTED_PREFIXES = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")
-GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
-
-
-@dataclass
-class ServerLimits:
-    api_key: str | None = None
-    max_tokens_limit: int = 4096  # the most tokens one request may ask to generate
-    max_concurrent: int = 256  # generation requests in flight (queued + running); more get a 429
-    max_body_bytes: int = 1 << 20
-
-
-class APIError(Exception):
-    """An error to return in OpenAI's shape."""
-
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):  # fmt: skip
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
-
-    def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status)
+GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/responses")
 
 
 async def _send_error(send, err: APIError) -> None:
@@ -131,44 +111,14 @@ class LimitsMiddleware:
         return await self.app(scope, receive, send)
 
 
-# ---------------------------------------------------------------- turning engine outputs into OpenAI bodies
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}  # fmt: skip
-
-
-class _Formatter:
-    def __init__(self, engine: Engine):
-        self.tok = engine.tokenizer
-
-    def top_dict(self, lp: TokenLogprob) -> dict[str, float]:
-        d = {self.tok.token_str(t): v for t, v in lp.top}
-        d.setdefault(self.tok.token_str(lp.token_id), lp.logprob)
-        return d
-
-    def completion_logprobs(self, lps: list[TokenLogprob | None], ids: list[int], offsets: list[int]) -> dict:
-        return {
-            "tokens": [self.tok.token_str(t) for t in ids],
-            "token_logprobs": [None if lp is None else lp.logprob for lp in lps],
-            "top_logprobs": [None if lp is None else self.top_dict(lp) for lp in lps],
-            "text_offset": offsets,
-        }
-
-    def chat_logprobs(self, lps: list[TokenLogprob]) -> dict:
-        def entry(t: int, v: float) -> dict:
-            return {"token": self.tok.token_str(t), "logprob": v, "bytes": list(self.tok.token_bytes(t))}
-
-        return {"content": [{**entry(lp.token_id, lp.logprob), "top_logprobs": [entry(t, v) for t, v in lp.top]}
-                            for lp in lps], "refusal": None}  # fmt: skip
-
-
 # ---------------------------------------------------------------- the app
 def create_app(engine: Engine, *, model_name: str, limits: ServerLimits | None = None) -> FastAPI:
     """The FastAPI app serving `engine`. The app starts the engine's scheduler on startup and stops it on shutdown."""
     limits = limits or ServerLimits()
-    fmt = _Formatter(engine)
+    serving = Serving(engine, model_name, limits)
     tok = engine.tokenizer
     created = int(time.time())
+    check_model = serving.check_model
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -201,6 +151,10 @@ def create_app(engine: Engine, *, model_name: str, limits: ServerLimits | None =
     async def _validation_error(request: Request, exc: RequestValidationError):
         errors = exc.errors()
         first = errors[0] if errors else {}
+        bad_text = next((e["ctx"]["error"] for e in errors if isinstance(e.get("ctx", {}).get("error"), TextError)),
+                        None)  # fmt: skip
+        if bad_text is not None:
+            return APIError(400, str(bad_text), param=bad_text.param, code="invalid_value").response()
         loc = [str(x) for x in first.get("loc", ()) if x != "body"]
         if first.get("type") == "json_invalid":
             message = f"We could not parse the JSON body of your request: {first.get('ctx', {}).get('error', '')}"
@@ -219,70 +173,15 @@ def create_app(engine: Engine, *, model_name: str, limits: ServerLimits | None =
     async def _server_error(request: Request, exc: Exception):
         return APIError(500, f"internal server error: {type(exc).__name__}: {exc}", type="server_error").response()
 
-    # -- helpers
-    def check_model(name: str | None) -> None:
-        if name is not None and name != model_name:
-            raise APIError(404, f"The model '{name}' does not exist; this server serves '{model_name}'.",
-                           param="model", code="model_not_found")  # fmt: skip
-
-    def sampling(req, max_tokens: int | None, prompt_len: int, logprobs: int | None,
-                 prompt_logprobs: int | None) -> SamplingParams:  # fmt: skip
-        if (bad := req.unsupported()) is not None:
-            raise APIError(400, bad[1], param=bad[0], code="unsupported_parameter")
-        if max_tokens is None:  # chat: as much as the context allows, within the server's limit
-            max_tokens = max(0, min(limits.max_tokens_limit, engine.max_model_len - prompt_len))
-        elif max_tokens > limits.max_tokens_limit:
-            raise APIError(400, f"max_tokens is {max_tokens}, more than this server's limit of "
-                                f"{limits.max_tokens_limit}.", param="max_tokens", code="invalid_value")  # fmt: skip
-        return SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k,
-                              seed=req.seed, stop=list(req.stop or []), ignore_eos=req.ignore_eos,
-                              logprobs=logprobs, prompt_logprobs=prompt_logprobs)  # fmt: skip
-
-    def run_all(jobs: list[tuple[list[int], SamplingParams]]) -> tuple[asyncio.Queue, list]:
-        """Submit every (prompt, params) job; outputs arrive on one asyncio queue as (job index, StepOutput)."""
-        for ids, params in jobs:  # validate all before starting any
-            engine.check(ids, params)
-        if not engine.running:
-            raise APIError(503, "the engine is shutting down", type="server_error")
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue = asyncio.Queue()
-        handles = []
-        for i, (ids, params) in enumerate(jobs):
-            handles.append(engine.submit(ids, params, lambda out, i=i: loop.call_soon_threadsafe(q.put_nowait,
-                                                                                                  (i, out))))
-        return q, handles
-
-    async def collect(q: asyncio.Queue, handles: list) -> list[list[StepOutput]]:
-        outs: list[list[StepOutput]] = [[] for _ in handles]
-        remaining = len(handles)
-        try:
-            while remaining:
-                i, out = await q.get()
-                outs[i].append(out)
-                remaining -= out.finished
-        finally:
-            for h in handles:
-                h.abort()
-        return outs
-
-    async def sse(chunks: AsyncIterator[dict]) -> AsyncIterator[bytes]:
-        async for chunk in chunks:
-            yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode()
-        yield b"data: [DONE]\n\n"
-
-    def seeded(params: SamplingParams, i: int) -> SamplingParams:
-        if params.seed is None or i == 0:
-            return params
-        return SamplingParams(**{**params.__dict__, "seed": params.seed + i})
-
     # -- routes
     @app.get("/health", response_model=Health)
     async def health():
         waiting, running = engine.num_requests()
         body = {"status": "ok" if engine.running else "unavailable", "model": model_name, "waiting": waiting,
                 "running": running}  # fmt: skip
-        if engine.error is not None:
-            body["details"] = {"error": repr(engine.error)}
+        if engine.error is not None:  # the engine carried on (or restarted its loop) after this
+            body["details"] = {"last_error": repr(engine.error), "failed_steps": engine.failures,
+                               "restarts": engine.restarts}  # fmt: skip
         return JSONResponse(body, status_code=200 if engine.running else 503)
 
     @app.get("/v1/models", response_model=ModelList)
@@ -296,176 +195,22 @@ def create_app(engine: Engine, *, model_name: str, limits: ServerLimits | None =
         return {"id": model_name, "object": "model", "created": created, "owned_by": "vernacular",
                 "max_model_len": engine.max_model_len}  # fmt: skip
 
-    @app.post("/v1/completions", response_model=CompletionResponse)
-    async def completions(req: CompletionRequest):
-        check_model(req.model)
-        if req.best_of is not None and req.best_of != req.n:
-            raise APIError(400, "best_of other than n is not supported", param="best_of")
-        if req.suffix:
-            raise APIError(400, "suffix is not supported", param="suffix")
-        prompts: list[tuple[list[int], str | None]] = []  # (ids, original text or None for token prompts)
-        p = req.prompt
-        if isinstance(p, str):
-            p = [p]
-        if not p:
-            raise APIError(400, "prompt must not be empty", param="prompt")
-        if all(isinstance(x, int) for x in p):
-            p = [p]
-        for item in p:
-            if isinstance(item, str):
-                prompts.append((tok.encode(item), item))
-            else:
-                prompts.append((list(item), None))
-        echo_lp = req.logprobs if (req.echo and req.logprobs is not None) else None
-        jobs = []
-        for ids, _ in prompts:
-            params = sampling(req, req.max_tokens, len(ids), req.logprobs, echo_lp)
-            jobs += [(ids, seeded(params, i)) for i in range(req.n)]
-        q, handles = run_all(jobs)
-        rid, now = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+    from vernacular.serve import chat, completions, responses
 
-        def echo_of(j: int) -> tuple[str, list[int], list[int]]:
-            ids, text = prompts[j // req.n]
-            offsets, decoded = offsets_and_text(tok, ids, skip_special_tokens=text is not None)
-            return (text if text is not None else decoded), offsets, ids
-
-        if req.stream:
-            async def chunks():
-                usage = [0, 0]
-                outs_left = len(handles)
-                first = [True] * len(handles)
-                try:
-                    while outs_left:
-                        i, out = await q.get()
-                        outs_left -= out.finished
-                        text, lp = out.text, None
-                        if first[i] and req.echo:
-                            etext, _, _ = echo_of(i)
-                            text = etext + text
-                        first[i] = False
-                        if req.logprobs is not None and out.logprobs:
-                            offs, _ = offsets_and_text(tok, out.token_ids, True)
-                            lp = fmt.completion_logprobs(out.logprobs, out.token_ids, offs)
-                        if out.finished:
-                            usage[0] += out.prompt_tokens if i % req.n == 0 else 0
-                            usage[1] += out.completion_tokens
-                        if text or lp or out.finished:
-                            yield {"id": rid, "object": "text_completion", "created": now, "model": model_name,
-                                   "choices": [{"index": i, "text": text, "logprobs": lp,
-                                                "finish_reason": out.finish_reason}]}  # fmt: skip
-                    if req.stream_options and req.stream_options.include_usage:
-                        yield {"id": rid, "object": "text_completion", "created": now, "model": model_name,
-                               "choices": [], "usage": _usage(usage[0], usage[1])}  # fmt: skip
-                finally:
-                    for h in handles:
-                        h.abort()
-
-            return StreamingResponse(sse(chunks()), media_type="text/event-stream")
-
-        outs = await collect(q, handles)
-        choices, prompt_tokens, completion_tokens = [], 0, 0
-        for i, seq in enumerate(outs):
-            text = "".join(o.text for o in seq)
-            gen_ids = [t for o in seq for t in o.token_ids]
-            gen_lps = [lp for o in seq for lp in o.logprobs]
-            last = seq[-1]
-            if i % req.n == 0:
-                prompt_tokens += last.prompt_tokens
-            completion_tokens += last.completion_tokens
-            logprobs = None
-            base = ""
-            if req.echo:
-                etext, e_offsets, e_ids = echo_of(i)
-                base = etext
-            if req.logprobs is not None:
-                g_offsets, _ = offsets_and_text(tok, gen_ids, True)
-                g_offsets = [len(base) + o for o in g_offsets]
-                lps: list[TokenLogprob | None] = list(gen_lps)
-                ids, offsets = list(gen_ids), g_offsets
-                if req.echo:
-                    prompt_lps = seq[0].prompt_logprobs or [None] * len(e_ids)
-                    lps, ids, offsets = list(prompt_lps) + lps, e_ids + ids, e_offsets + offsets
-                logprobs = fmt.completion_logprobs(lps, ids, offsets)
-            choices.append({"index": i, "text": base + text, "logprobs": logprobs,
-                            "finish_reason": last.finish_reason})  # fmt: skip
-        return {"id": rid, "object": "text_completion", "created": now, "model": model_name, "choices": choices,
-                "usage": _usage(prompt_tokens, completion_tokens)}  # fmt: skip
-
-    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse)
-    async def chat_completions(req: ChatCompletionRequest):
-        check_model(req.model)
-        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-                    for m in req.messages]  # fmt: skip
-        try:
-            ids = tok.encode_chat(messages, add_generation_prompt=req.add_generation_prompt)
-        except Exception as e:  # template errors (unknown role, no template) are the request's problem
-            raise APIError(400, f"cannot apply the chat template: {e}", param="messages") from None
-        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        top = (req.top_logprobs or 0) if req.logprobs else None
-        if req.top_logprobs is not None and not req.logprobs:
-            raise APIError(400, "top_logprobs requires logprobs: true", param="top_logprobs")
-        params = sampling(req, max_tokens, len(ids), top, None)
-        q, handles = run_all([(ids, seeded(params, i)) for i in range(req.n)])
-        rid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-
-        if req.stream:
-            async def chunks():
-                def chunk(choices: list, usage: dict | None = None) -> dict:
-                    c = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": model_name,
-                         "choices": choices}  # fmt: skip
-                    if include_usage:
-                        c["usage"] = usage
-                    return c
-
-                completion_tokens, left = 0, len(handles)
-                try:
-                    for i in range(req.n):
-                        yield chunk([{"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
-                                      "finish_reason": None}])  # fmt: skip
-                    while left:
-                        i, out = await q.get()
-                        left -= out.finished
-                        lp = fmt.chat_logprobs(out.logprobs) if (req.logprobs and out.logprobs) else None
-                        if out.text or lp:
-                            yield chunk([{"index": i, "delta": {"content": out.text}, "logprobs": lp,
-                                          "finish_reason": None}])  # fmt: skip
-                        if out.finished:
-                            completion_tokens += out.completion_tokens
-                            yield chunk([{"index": i, "delta": {}, "logprobs": None,
-                                          "finish_reason": out.finish_reason}])  # fmt: skip
-                    if include_usage:
-                        yield chunk([], _usage(len(ids), completion_tokens))
-                finally:
-                    for h in handles:
-                        h.abort()
-
-            return StreamingResponse(sse(chunks()), media_type="text/event-stream")
-
-        outs = await collect(q, handles)
-        choices, completion_tokens = [], 0
-        for i, seq in enumerate(outs):
-            completion_tokens += seq[-1].completion_tokens
-            lps = [lp for o in seq for lp in o.logprobs]
-            choices.append({"index": i, "message": {"role": "assistant", "content": "".join(o.text for o in seq)},
-                            "logprobs": fmt.chat_logprobs(lps) if req.logprobs else None,
-                            "finish_reason": seq[-1].finish_reason})  # fmt: skip
-        return {"id": rid, "object": "chat.completion", "created": now, "model": model_name, "choices": choices,
-                "usage": _usage(len(ids), completion_tokens)}  # fmt: skip
+    for surface in (completions, chat, responses):
+        app.include_router(surface.router(serving))
 
     @app.post("/tokenize", response_model=TokenizeResponse)
     async def tokenize(req: TokenizeRequest):
         check_model(req.model)
         if (req.prompt is None) == (req.messages is None):
             raise APIError(400, "give exactly one of 'prompt' or 'messages'", param="prompt")
-        if req.prompt is not None:
-            ids = tok.encode(req.prompt, add_special_tokens=req.add_special_tokens)
-        else:
-            try:
-                ids = tok.encode_chat([{"role": m.role, "content": m.text()} for m in req.messages],
+        if req.prompt is not None:  # what /v1/completions would make of this prompt
+            ids = serving.encode_text(req.prompt, add_special_tokens=req.add_special_tokens)
+        else:  # what /v1/chat/completions would make of these messages
+            tools = [t.model_dump() for t in req.tools] if req.tools else None
+            ids = serving.encode_chat([m.for_template() for m in req.messages], tools=tools,
                                       add_generation_prompt=req.add_generation_prompt)  # fmt: skip
-            except Exception as e:
-                raise APIError(400, f"cannot apply the chat template: {e}", param="messages") from None
         body = {"count": len(ids), "max_model_len": engine.max_model_len, "tokens": ids}
         if req.return_token_strs:
             body["token_strs"] = [tok.token_str(t) for t in ids]

@@ -115,12 +115,14 @@ class ServingTokenizer:
 
         return render_chat(messages, add_generation_prompt, template=self._chat_template(), special_tokens=self._specials())
 
-    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True) -> list[int]:
-        """Token ids of a conversation: special tokens only from the template, message text always plain text."""
+    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                    tools: list[dict[str, Any]] | None = None) -> list[int]:  # fmt: skip
+        """Token ids of a conversation (and its OpenAI tool definitions): special tokens only from the template,
+        message text always plain text."""
         from vernacular.tokenizer.chat import encode_chat
 
         return encode_chat(self.tokenizer, messages, add_generation_prompt, template=self._chat_template(),
-                           special_tokens=self._specials()).ids
+                           special_tokens=self._specials(), tools=tools).ids
 
     def info(self) -> dict[str, Any]:
         """What /tokenizer_info reports (the fields lm-eval's remote tokenizer and vLLM clients read)."""
