@@ -21,6 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-concurrent", type=int, default=256,
                         help="generation requests in flight (queued + running); more get HTTP 429")
     parser.add_argument("--max-body-bytes", type=int, default=1 << 20, help="larger request bodies get HTTP 413")
+    parser.add_argument("--request-timeout", type=float, default=None,
+                        help="seconds one generation request may take before it is aborted (HTTP 408; default: none)")
+    parser.add_argument("--parse-special-tokens", action="store_true",
+                        help="in raw /v1/completions and /tokenize prompts, text such as <|end|> becomes the control "
+                             "token (vLLM's behaviour); default: it stays plain text, as in chat messages")
     parser.add_argument("--model-name", default=None, help="model id clients use (default: the run directory's name)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -60,7 +65,8 @@ def main(args: argparse.Namespace) -> int:
     name = args.model_name or Path(args.run_dir or checkpoint).resolve().name
     limits = ServerLimits(api_key=args.api_key or os.environ.get("VERNACULAR_API_KEY") or None,
                           max_tokens_limit=args.max_tokens_limit, max_concurrent=args.max_concurrent,
-                          max_body_bytes=args.max_body_bytes)  # fmt: skip
+                          max_body_bytes=args.max_body_bytes, request_timeout=args.request_timeout,
+                          parse_special_tokens=args.parse_special_tokens)  # fmt: skip
     app = create_app(engine, model_name=name, limits=limits)
 
     class Server(uvicorn.Server):

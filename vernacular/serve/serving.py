@@ -96,7 +96,7 @@ class Run:
     async def events(self, request=None) -> AsyncIterator[tuple[int, StepOutput]]:
         """Every output of every job until all finished; aborts them all when the consumer stops early, the client
         disconnects (checked every DISCONNECT_POLL_S while waiting) or the deadline passes (APIError 408)."""
-        left = len(self.handles)
+        left, checked = len(self.handles), time.monotonic()
         try:
             while left:
                 timeout = DISCONNECT_POLL_S if request is not None else None
@@ -109,8 +109,12 @@ class Run:
                 try:
                     i, out = await asyncio.wait_for(self.queue.get(), timeout)
                 except asyncio.TimeoutError:
-                    if request is not None and await request.is_disconnected():
+                    out = None
+                if request is not None and time.monotonic() - checked >= DISCONNECT_POLL_S:
+                    checked = time.monotonic()
+                    if await request.is_disconnected():
                         return
+                if out is None:
                     continue
                 left -= out.finished
                 if out.finished and out.finish_reason == "error":
