@@ -98,6 +98,110 @@ def test_completions_with_logprobs(client):
     assert echo.choices[0].text == prompt and echo.choices[0].logprobs.token_logprobs[0] is None
 
 
+# ---------------------------------------------------------------- issue 17: a drop-in for OpenAI clients
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 12},
+                                                    "unit": {"enum": ["C", "F"]}},
+                   "required": ["city", "unit"], "additionalProperties": False}}}  # fmt: skip
+
+
+def test_structured_output_parse_with_a_pydantic_model(client):
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Weather(BaseModel):
+        city: str = Field(max_length=12)
+        temperature: int = Field(ge=-50, le=60)
+        unit: Literal["C", "F"]
+        tags: list[Literal["sun", "rain", "wind"]] = Field(max_length=3)
+
+    for seed in range(3):
+        res = client.chat.completions.parse(model="vernacular-tiny", response_format=Weather, seed=seed,
+                                            messages=[{"role": "user", "content": "Weather in Paris as JSON"}],
+                                            max_tokens=200)  # fmt: skip
+        weather = res.choices[0].message.parsed
+        assert isinstance(weather, Weather) and -50 <= weather.temperature <= 60
+        assert res.choices[0].finish_reason == "stop"
+
+
+def _call_weather(client, messages, stream: bool):
+    kw = dict(model="vernacular-tiny", messages=messages, tools=[WEATHER_TOOL], max_tokens=120, seed=3,
+              tool_choice={"type": "function", "function": {"name": "get_weather"}}, parallel_tool_calls=False)
+    if not stream:
+        res = client.chat.completions.create(**kw)
+        return res.choices[0].message.tool_calls, res.choices[0].finish_reason
+    calls, finish = {}, None
+    for chunk in client.chat.completions.create(stream=True, **kw):
+        for c in chunk.choices:
+            finish = c.finish_reason or finish
+            for d in c.delta.tool_calls or []:
+                call = calls.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+                call["id"] = d.id or call["id"]
+                if d.function is not None:
+                    call["name"] += d.function.name or ""
+                    call["arguments"] += d.function.arguments or ""
+    return [calls[i] for i in sorted(calls)], finish
+
+
+def test_tool_call_round_trip_streaming_and_not(client):
+    import json
+
+    import jsonschema
+
+    messages = [{"role": "user", "content": "What is the weather in Paris?"}]
+    plain, finish = _call_weather(client, messages, stream=False)
+    streamed, s_finish = _call_weather(client, messages, stream=True)
+    assert finish == s_finish == "tool_calls" and len(plain) == len(streamed) == 1
+    call = plain[0]
+    assert call.id.startswith("call_") and call.function.name == "get_weather" == streamed[0]["name"]
+    assert call.function.arguments == streamed[0]["arguments"]  # same seed: the same call, streamed in pieces
+    args = json.loads(call.function.arguments)
+    jsonschema.validate(args, WEATHER_TOOL["function"]["parameters"])
+    messages += [{"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+                 {"role": "tool", "tool_call_id": call.id, "content": json.dumps({"temp": 12, "unit": args["unit"]})}]
+    final = client.chat.completions.create(model="vernacular-tiny", messages=messages, tools=[WEATHER_TOOL],
+                                           tool_choice="none", max_tokens=8, temperature=0)  # fmt: skip
+    assert isinstance(final.choices[0].message.content, str) and final.choices[0].message.tool_calls is None
+    parts = [c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="vernacular-tiny", messages=messages, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=8,
+        temperature=0, stream=True) if c.choices]  # fmt: skip
+    assert "".join(parts) == final.choices[0].message.content
+
+
+def test_responses_api_text_and_stream(client):
+    res = client.responses.create(model="vernacular-tiny", input="Bonjour !", instructions="Answer in French.",
+                                  max_output_tokens=8, temperature=0, store=False)  # fmt: skip
+    assert res.status in ("completed", "incomplete") and isinstance(res.output_text, str)
+    assert res.usage.output_tokens <= 8
+    deltas, done = [], None
+    for event in client.responses.create(model="vernacular-tiny", input="Bonjour !", instructions="Answer in French.",
+                                         max_output_tokens=8, temperature=0, store=False, stream=True):  # fmt: skip
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        elif event.type in ("response.completed", "response.incomplete"):  # incomplete: max_output_tokens reached
+            done = event.response
+    assert "".join(deltas) == res.output_text == done.output_text and done.status == res.status
+    with pytest.raises(openai.BadRequestError, match="previous_response_id"):
+        client.responses.create(model="vernacular-tiny", input="x", previous_response_id="resp_123", store=False)
+
+
+def test_logit_bias_and_penalties_change_outputs_as_specified(client):
+    from collections import Counter
+
+    kw = dict(model="vernacular-tiny", prompt="Europe is", max_tokens=24, temperature=0,
+              logprobs=0, extra_body={"ignore_eos": True})  # fmt: skip
+    base = client.completions.create(**kw).choices[0].logprobs.tokens
+    forced = client.completions.create(**{**kw, "logit_bias": {"300": 100}}).choices[0].text
+    token300 = httpx.post(f"{client.base_url}".replace("/v1/", "") + "/detokenize", json={"tokens": [300]},
+                          headers={"Authorization": f"Bearer {KEY}"}).json()["prompt"]  # fmt: skip
+    assert forced == token300 * 24
+    penalised = client.completions.create(**{**kw, "frequency_penalty": 2.0}).choices[0].logprobs.tokens
+    assert max(Counter(penalised).values()) <= max(Counter(base).values())
+    assert penalised != base or max(Counter(base).values()) == 1
+
+
 def test_sigterm_ends_streams_and_exits_cleanly(server, client):
     proc, _ = server
     stream = client.completions.create(model="vernacular-tiny", prompt="Hello", max_tokens=500, temperature=0,

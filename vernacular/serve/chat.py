@@ -62,6 +62,8 @@ class ToolCallParser:
             elif self.mode == "header":
                 m = _HEADER.match(self.buf)
                 end = self.buf.find(TOOL_CALL_END)
+                if m is not None and m.end() == len(self.buf) and not final:
+                    return deltas  # the whitespace before the arguments may not be complete yet
                 if m is not None and (end < 0 or m.end() <= end):
                     deltas.append(self._new_call(json.loads(m.group(1))))
                     self.buf, self.mode, self.sent = self.buf[m.end() :], "arguments", 0
