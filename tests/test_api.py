@@ -347,3 +347,97 @@ def test_abandoned_non_streaming_requests_free_their_slots(engine_factory, monke
     with TestClient(app) as c:
         assert_openai_error(c.post("/v1/completions", json=long), 408, "timeout")
         assert c.get("/health").json()["status"] == "ok"
+
+
+# ---------------------------------------------------------------- issue 17: structured outputs, sampling controls
+SCHEMAS = [
+    {"type": "object", "properties": {"name": {"type": "string", "maxLength": 10}, "age": {"type": "integer",
+     "minimum": 0, "maximum": 120}}, "required": ["name", "age"], "additionalProperties": False},
+    {"type": "object", "properties": {"level": {"enum": ["low", "mid", "high"]}, "ok": {"type": "boolean"}},
+     "required": ["level", "ok"], "additionalProperties": False},
+    {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string", "maxLength": 5},
+     "minItems": 2, "maxItems": 4}}, "required": ["tags"], "additionalProperties": False},
+    {"type": "object", "properties": {"user": {"type": "object", "properties": {
+        "id": {"type": "integer", "minimum": 1, "maximum": 999}, "langs": {"type": "array", "items": {
+            "enum": ["eng", "fra", "ell"]}, "maxItems": 3}}, "required": ["id", "langs"], "additionalProperties": False},
+     "score": {"type": "number", "minimum": 0, "maximum": 1}}, "required": ["user", "score"],
+     "additionalProperties": False},
+    {"type": "array", "items": {"type": "integer", "minimum": -5, "maximum": 5}, "minItems": 1, "maxItems": 3},
+    {"anyOf": [{"type": "string", "maxLength": 6}, {"type": "object", "properties": {"x": {"type": "null"}},
+     "required": ["x"], "additionalProperties": False}]},
+]  # fmt: skip
+
+
+def test_structured_outputs_always_validate(client):
+    import jsonschema
+
+    msgs = [{"role": "user", "content": "JSON please"}]
+    for k, schema in enumerate(SCHEMAS):
+        rf = {"type": "json_schema", "json_schema": {"name": f"s{k}", "schema": schema, "strict": True}}
+        for seed in range(3):  # sampled (temperature 1): many different valid answers
+            body = {"messages": msgs, "response_format": rf, "seed": seed, "max_tokens": 150, "n": 2}
+            for choice in client.post("/v1/chat/completions", json=body).json()["choices"]:
+                assert choice["finish_reason"] == "stop"
+                jsonschema.validate(json.loads(choice["message"]["content"]), schema)
+        comp = client.post("/v1/completions", json={"prompt": "{", "response_format": rf, "max_tokens": 150,
+                                                    "seed": 9}).json()  # fmt: skip
+        jsonschema.validate(json.loads(comp["choices"][0]["text"]), schema)
+    # any JSON object: keys are free strings, so nudge the random model to close them (the bias and the grammar mask
+    # act in the same step; the grammar still decides what is allowed)
+    tok = client.engine.tokenizer
+    nudge = {str(tok.encode(c)[0]): 8 for c in ('"', "}")}
+    body = {"messages": msgs, "response_format": {"type": "json_object"}, "max_tokens": 150, "seed": 1,
+            "logit_bias": nudge}  # fmt: skip
+    obj = client.post("/v1/chat/completions", json=body).json()
+    assert obj["choices"][0]["finish_reason"] == "stop"
+    assert isinstance(json.loads(obj["choices"][0]["message"]["content"]), dict)
+    stream = sse_events(client.post("/v1/chat/completions", json={**body, "stream": True}).text)
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in stream if e["choices"]) == \
+        obj["choices"][0]["message"]["content"]  # fmt: skip
+    resp = client.post("/v1/responses", json={"input": "JSON please", "max_output_tokens": 150, "text": {"format": {
+        "type": "json_schema", "name": "s", "schema": SCHEMAS[1], "strict": True}}}).json()  # fmt: skip
+    jsonschema.validate(json.loads(resp["output"][0]["content"][0]["text"]), SCHEMAS[1])
+
+
+def test_schemas_the_library_cannot_handle_and_unsupported_fields_are_400s(client):
+    msgs = [{"role": "user", "content": "x"}]
+    bad = {"type": "object", "properties": {"a": {"type": "string", "pattern": "(?<=a)b"}}}
+    err = assert_openai_error(client.post("/v1/chat/completions", json={"messages": msgs, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "bad", "schema": bad}}}), 400, "invalid_schema")  # fmt: skip
+    assert err["param"] == "response_format.json_schema.schema" and "look-around" in err["message"]
+    for field, value in (("functions", [{"name": "f"}]), ("audio", {"voice": "alloy"}), ("guided_json", {}),
+                         ("reasoning_effort", "high")):  # fmt: skip
+        if value == {}:
+            continue
+        err = assert_openai_error(client.post("/v1/chat/completions", json={"messages": msgs, field: value}), 400)
+        assert err["param"] == field and err["code"] == "unsupported_parameter"
+    assert client.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 1, "metadata": {"a": "b"},
+                                                     "store": False, "service_tier": "auto"}).status_code == 200
+    err = assert_openai_error(client.post("/v1/responses", json={"input": "x", "previous_response_id": "r1"}), 400)
+    assert err["param"] == "previous_response_id"
+    err = assert_openai_error(client.post("/v1/chat/completions", json={"messages": msgs, "tool_choice": "required"}),
+                              400)  # fmt: skip
+    assert err["param"] == "tool_choice"
+
+
+def test_logit_bias_min_tokens_and_penalties_in_the_batched_step(client):
+    engine = client.engine
+    prompt = engine.tokenizer.encode("Europe is")
+    from vernacular.serve.sampling import SamplingParams
+
+    base = engine.complete(prompt, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True)).token_ids
+    banned = {t: -100.0 for t in set(base)}
+    again = engine.complete(prompt, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True, logit_bias=banned))
+    assert not set(again.token_ids) & set(base)  # a -100 bias: the token never appears
+    lp = engine.complete(prompt, SamplingParams(max_tokens=3, temperature=0, logprobs=2, logit_bias={7: 100.0}))
+    assert lp.token_ids == [7, 7, 7] and all(x.top[0][0] == 7 for x in lp.logprobs)  # logprobs with the bias
+    eos = engine.tokenizer.eos_id
+    early = engine.complete(prompt, SamplingParams(max_tokens=5, temperature=0, logit_bias={eos: 100.0}))
+    assert early.token_ids == [eos] and early.finish_reason == "stop"
+    late = engine.complete(prompt, SamplingParams(max_tokens=5, temperature=0, logit_bias={eos: 100.0}, min_tokens=3))
+    assert late.token_ids[:3] != [eos] * 3 and eos not in late.token_ids[:3] and late.token_ids[3] == eos
+    rep = engine.complete(prompt, SamplingParams(max_tokens=20, temperature=0, ignore_eos=True,
+                                                 repetition_penalty=2.0))  # fmt: skip
+    assert len(set(rep.token_ids)) >= len(set(base))
+    assert_openai_error(client.post("/v1/completions", json={"prompt": "x", "logit_bias": {"99999": 1}}), 400)
+    assert_openai_error(client.post("/v1/completions", json={"prompt": "x", "logit_bias": {"5": 101}}), 400)
