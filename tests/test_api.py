@@ -441,3 +441,82 @@ def test_logit_bias_min_tokens_and_penalties_in_the_batched_step(client):
     assert len(set(rep.token_ids)) >= len(set(base))
     assert_openai_error(client.post("/v1/completions", json={"prompt": "x", "logit_bias": {"99999": 1}}), 400)
     assert_openai_error(client.post("/v1/completions", json={"prompt": "x", "logit_bias": {"5": 101}}), 400)
+
+
+# ---------------------------------------------------------------- fuzzing (issue 14): no 5xx, OpenAI-shaped errors
+FUZZ_BUDGET_S = 60  # wall-clock bound of the requests of the two fuzz tests (generation adds some; CI: < 2 min)
+
+
+def _check_fuzz_response(resp, what):
+    assert resp.status_code < 500, (what, resp.status_code, resp.text[:500])
+    if resp.status_code >= 400:
+        err = resp.json()["error"]
+        assert set(err) == {"message", "type", "param", "code"} and err["message"], (what, resp.text[:300])
+
+
+def test_fuzz_every_endpoint_from_the_openapi_schema(engine_factory):
+    """schemathesis generates requests for every operation of /openapi.json (valid and invalid bodies)."""
+    import time as _time
+
+    import schemathesis
+    from hypothesis import HealthCheck, given, settings
+
+    engine = engine_factory(max_batch=4).start()
+    app = create_app(engine, model_name=MODEL, limits=ServerLimits(max_tokens_limit=8))
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    operations = [r.ok() for r in schema.get_all_operations()]
+    assert {op.path for op in operations} >= {"/v1/completions", "/v1/chat/completions", "/v1/responses", "/tokenize"}
+    deadline = _time.monotonic() + FUZZ_BUDGET_S * 2 / 3
+    calls = 0
+    try:
+        for op in operations:
+            @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                      database=None)  # fmt: skip
+            @given(case=op.as_strategy())
+            def run(case):
+                nonlocal calls
+                if _time.monotonic() > deadline:
+                    return
+                calls += 1
+                _check_fuzz_response(case.call(), f"{op.method} {op.path}")
+
+            run()
+        assert calls >= len(operations) and engine.running and engine.failures == 0
+    finally:
+        engine.stop()
+
+
+def test_fuzz_unicode_edge_cases_in_every_text_field(client):
+    """Surrogates, NUL, RTL marks, combining sequences, noncharacters: a 200 or an OpenAI-shaped 400, never a 5xx."""
+    import time as _time
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    nasty = st.sampled_from(["\ud800", "\udfff", "\x00", "\u202e", "\u200f", "e\u0301\u0301", "\ufffe", "\U0010ffff",
+                             "<|end|>", "<|system|>", "\ud83d\ude00", "\\", '"', "\n"])  # fmt: skip
+    text = st.lists(st.one_of(nasty, st.text(st.characters(codec=None, exclude_categories=()), max_size=3)),
+                    max_size=6).map("".join)  # fmt: skip
+    deadline = _time.monotonic() + FUZZ_BUDGET_S / 3
+
+    @settings(max_examples=80, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+              database=None)  # fmt: skip
+    @given(s=text, where=st.integers(0, 6))
+    def run(s, where):
+        if _time.monotonic() > deadline:
+            return
+        path, body = [
+            ("/v1/completions", {"prompt": s, "max_tokens": 2}),
+            ("/v1/completions", {"prompt": ["a", s], "max_tokens": 1, "stop": [s or "x"]}),
+            ("/v1/chat/completions", {"messages": [{"role": "user", "content": s}], "max_tokens": 2}),
+            ("/v1/chat/completions", {"messages": [{"role": "developer", "content": [{"type": "text", "text": s}]},
+                                                   {"role": "user", "content": "x"}], "max_tokens": 1}),
+            ("/tokenize", {"prompt": s, "add_special_tokens": False}),
+            ("/tokenize", {"messages": [{"role": "user", "content": s}]}),
+            ("/v1/responses", {"input": s, "instructions": s, "max_output_tokens": 1}),
+        ][where]  # fmt: skip
+        raw = json.dumps(body, ensure_ascii=True)  # lone surrogates travel as \\udXXX escapes, as JSON allows
+        _check_fuzz_response(raw_post(client, path, raw), (path, s))
+
+    run()
+    assert client.get("/health").json()["status"] == "ok"
