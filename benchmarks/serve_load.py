@@ -3,6 +3,13 @@
     python benchmarks/serve_load.py --threads 1                 # a random-init ~10 M-param run, all levels
     python benchmarks/serve_load.py --levels 1,16 --rounds 1     # quick look
     python benchmarks/serve_load.py --run-dir runs/demo          # a real run directory (its latest checkpoint)
+    python benchmarks/serve_load.py --soak 300 --threads 1      # soak: 64 streaming clients for 5 minutes
+
+Soak mode (`--soak SECONDS`, issue 14): `--soak-clients` (64) streaming chat clients send requests back to back for
+the given time; a quarter of the requests (`--disconnect-rate`) hang up after a random number of chunks, as a
+browser tab that is closed would. Reported: errors among the requests that were not abandoned (must be 0), latency of
+completed requests (p50/p99), the server's resident memory (VmRSS) after warm-up and at the end (must not grow beyond
+noise), and whether every abandoned request left the engine (`/health` shows 0 running and 0 waiting afterwards).
 
 The baseline is one stream: continuous batching should make 16 concurrent streams produce >= 4x the aggregate
 tokens/s of one, because a decode step over 16 rows costs little more than over one (the weights are read once, the
@@ -197,6 +204,89 @@ async def run_level(url: str, clients: int, rounds: int, max_tokens: int, prompt
                        gaps=[g for r in results if r.ok for g in r.gaps], errors=errors)  # fmt: skip
 
 
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process in MiB (VmRSS of /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def soak(args, url: str, server_pid: int) -> dict:
+    """`args.soak_clients` streaming clients for `args.soak` seconds with random disconnects; see the docstring."""
+    import random
+
+    import httpx
+
+    langs = sorted(p.stem for p in NTREX.glob("*.txt"))
+    prompts = [(NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[i] for i in range(4) for lang in langs]
+    await run_level(url, 2, 1, 8, prompts, args.level_timeout, args.seed)  # warm-up
+    rss = [rss_mib(server_pid)]
+    rng = random.Random(args.seed)
+    stats = {"completed": 0, "abandoned": 0, "errors": [], "latency": [], "ttft": []}
+    end = time.monotonic() + args.soak
+    limits = httpx.Limits(max_connections=args.soak_clients + 4, max_keepalive_connections=args.soak_clients + 4)
+
+    async def one(client, i: int) -> None:
+        body = {"model": "bench", "messages": [{"role": "user", "content": prompts[i % len(prompts)]}],
+                "stream": True, "max_tokens": rng.randint(8, args.max_tokens), "temperature": 0.8, "seed": i}  # fmt: skip
+        hang_up_after = rng.randint(1, 12) if rng.random() < args.disconnect_rate else None
+        t0, chunks, done, first = time.perf_counter(), 0, False, None
+        async with client.stream("POST", url + "/v1/chat/completions", json=body) as resp:
+            if resp.status_code != 200:
+                stats["errors"].append(f"HTTP {resp.status_code}: {(await resp.aread())[:200]!r}")
+                return
+            async for line in resp.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    done = True
+                    break
+                chunk = json.loads(data)
+                if "error" in chunk:
+                    stats["errors"].append(f"error event: {chunk['error']}")
+                    return
+                chunks += 1
+                first = first or time.perf_counter()
+                if hang_up_after is not None and chunks >= hang_up_after:
+                    stats["abandoned"] += 1
+                    return  # leaving the `async with` closes the connection mid-stream
+        if not done:
+            stats["errors"].append("stream ended without [DONE]")
+            return
+        stats["completed"] += 1
+        stats["latency"].append(time.perf_counter() - t0)
+        stats["ttft"].append((first or time.perf_counter()) - t0)
+
+    async def worker(c: int, client) -> None:
+        i = c
+        while time.monotonic() < end:
+            try:
+                await one(client, i)
+            except Exception as e:  # counted, not hidden
+                stats["errors"].append(f"{type(e).__name__}: {e}")
+            i += args.soak_clients
+
+    async def sample_rss() -> None:
+        while time.monotonic() < end:
+            await asyncio.sleep(5)
+            rss.append(rss_mib(server_pid))
+
+    t0 = time.perf_counter()
+    async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(args.level_timeout)) as client:
+        await asyncio.gather(sample_rss(), *[worker(c, client) for c in range(args.soak_clients)])
+        wall = time.perf_counter() - t0
+        health = {}
+        for _ in range(100):  # abandoned requests must all have left the engine
+            health = (await client.get(url + "/health")).json()
+            if health.get("running") == 0 and health.get("waiting") == 0:
+                break
+            await asyncio.sleep(0.1)
+    rss.append(rss_mib(server_pid))
+    return {**stats, "wall_s": wall, "rss_start": rss[0], "rss_end": rss[-1], "rss_max": max(rss), "health": health}
+
+
 def cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU seconds of a process (this one by default): where the 2 cores went, server vs clients."""
     if pid is None:
@@ -263,6 +353,10 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="the server's torch threads")
     p.add_argument("--level-timeout", type=float, default=600, help="wall-clock limit per level, seconds")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--soak", type=float, default=None, metavar="SECONDS",
+                   help="soak test instead of the levels: streaming clients with random disconnects for this long")
+    p.add_argument("--soak-clients", type=int, default=64, help="concurrent streaming clients of the soak test")
+    p.add_argument("--disconnect-rate", type=float, default=0.25, help="share of soak requests abandoned mid-stream")
     args = p.parse_args()
     args.levels = [int(x) for x in args.levels.split(",")]
     if not args.levels or min(args.levels) < 1 or args.rounds < 1 or args.max_tokens < 1:
@@ -275,13 +369,30 @@ def main() -> int:
         url = f"http://127.0.0.1:{port}"
         try:
             asyncio.run(wait_healthy(url, proc, log))
-            levels = asyncio.run(bench(args, url, proc.pid))
+            if args.soak:
+                r = asyncio.run(soak(args, url, proc.pid))
+            else:
+                levels = asyncio.run(bench(args, url, proc.pid))
         finally:
             proc.terminate()
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if args.soak:
+            print(f"\nsoak: {args.soak_clients} streaming clients, {r['wall_s']:.0f} s, "
+                  f"{r['completed']} requests completed, {r['abandoned']} abandoned mid-stream by their client")
+            print(f"latency of completed requests: p50 {pct(r['latency'], 50):.2f} s, p99 {pct(r['latency'], 99):.2f} s;"
+                  f" TTFT p50 {pct(r['ttft'], 50) * 1e3:.0f} ms, p99 {pct(r['ttft'], 99) * 1e3:.0f} ms")
+            print(f"server RSS: {r['rss_start']:.0f} MiB after warm-up, {r['rss_end']:.0f} MiB at the end "
+                  f"(max {r['rss_max']:.0f} MiB, growth {r['rss_end'] - r['rss_start']:+.0f} MiB)")
+            print(f"after the soak: /health running={r['health'].get('running')} waiting={r['health'].get('waiting')} "
+                  f"status={r['health'].get('status')}")
+            for e in sorted(set(r["errors"]))[:5]:
+                print(f"     error: {e}")
+            leaked = r["health"].get("running") != 0 or r["health"].get("waiting") != 0
+            print(f"errors: {len(r['errors'])} (must be 0)")
+            return 1 if r["errors"] or leaked else 0
         print()
         print(table(levels))
         by_n = {r.clients: r for r in levels}
