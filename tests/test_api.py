@@ -470,7 +470,7 @@ def test_fuzz_every_endpoint_from_the_openapi_schema(engine_factory):
     calls = 0
     try:
         for op in operations:
-            @settings(max_examples=30, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+            @settings(max_examples=15, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
                       database=None)  # fmt: skip
             @given(case=op.as_strategy())
             def run(case):
