@@ -4,24 +4,134 @@
     python benchmarks/constrained_decode.py --run-dir runs/demo    # a real run directory
 
 Both kinds run in the same engine on the same weights, one after the other, each `--repeats` times (best kept): B
-requests of T tokens each, free (plain sampling) and constrained by a JSON schema through llguidance (an array of
-strings: the grammar never runs out, and `min_tokens = T` keeps end-of-text masked, so both produce exactly T tokens).
+requests of T tokens each, free (plain sampling) and constrained by a JSON schema through llguidance (an
+object holding one string of at least 4000 characters: the grammar stays open, and `min_tokens = T` keeps
+end-of-text masked, so both produce exactly T tokens).
 Printed: wall time per decode step and per token, the ratio constrained / free, and the mask's own cost per token
 (llguidance's `compute_bitmask` + turning it into a bool row), measured inside the same run. The baseline is free
 decoding in our own engine; the constrained path adds only the per-row mask inside the batched step.
+
+Library choice (side by side in the same run, when `outlines-core` is installed): per schema of `SCHEMAS`, compile
+time and mask time per token (allowed ids -> bool row over the vocabulary) of llguidance and outlines-core on our
+tokenizer, and whether each accepts the schema and keeps every sampled output valid (jsonschema) over `--samples`
+random walks. xgrammar is not measured: its wheel pulls triton into a CPU install.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SCHEMA = {"type": "array", "items": {"type": "string"}}
+# the timed schema: an object with one long string (as most tokens of a JSON answer are string contents); its
+# minLength keeps the grammar open for the whole run, so both kinds produce exactly --tokens tokens
+SCHEMA = {"type": "object", "properties": {"text": {"type": "string", "minLength": 4000}}, "required": ["text"]}
+SCHEMAS = {
+    "array of strings": {"type": "array", "items": {"type": "string"}},
+    "nested object + enum + bounded array": {
+        "type": "object", "additionalProperties": False, "required": ["city", "days"],
+        "properties": {"city": {"type": "string", "maxLength": 20}, "days": {"type": "array", "minItems": 1,
+                       "maxItems": 5, "items": {"type": "object", "additionalProperties": False,
+                                                "required": ["temp", "sky"], "properties": {
+                                                    "temp": {"type": "integer", "minimum": -40, "maximum": 50},
+                                                    "sky": {"enum": ["sun", "rain", "snow"]}}}}}},
+    "anyOf + pattern": {"anyOf": [{"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"}, {"type": "null"}]},
+}  # fmt: skip
+
+
+class _Outlines:
+    """outlines-core on our tokenizer: a Vocabulary of each token's exact bytes."""
+
+    def __init__(self, tok, vocab_size: int):
+        from outlines_core import Vocabulary
+
+        table: dict[bytes, list[int]] = {}
+        for i in range(tok.vocab_size):
+            if i not in tok.special_ids:
+                table.setdefault(tok.token_bytes(i), []).append(i)
+        self.vocab, self.size, self.eos = Vocabulary(tok.eos_id, table), vocab_size, tok.eos_id
+
+    def compile(self, schema):
+        from outlines_core import Guide, Index
+        from outlines_core.json_schema import build_regex_from_schema
+
+        return Guide(Index(build_regex_from_schema(json.dumps(schema)), self.vocab))
+
+    def allowed(self, guide):
+        row = torch.zeros(self.size, dtype=torch.bool)
+        row[torch.tensor(guide.get_tokens(), dtype=torch.long)] = True
+        return row
+
+
+def walk(allowed_fn, advance_fn, done_fn, stop_ids, vocab, gen, max_steps=200) -> tuple[list[int], float]:
+    """Sample uniformly among allowed tokens (ending when the grammar allows stopping, after a few tokens); returns
+    the tokens and the mean seconds per mask."""
+    out, t = [], 0.0
+    for step in range(max_steps):
+        t0 = time.perf_counter()
+        allowed = allowed_fn()
+        t += time.perf_counter() - t0
+        logits = torch.randn(vocab, generator=gen).masked_fill(~allowed, float("-inf"))
+        stop = [s for s in stop_ids if allowed[s]]
+        if stop and step > 8:
+            break
+        logits[list(stop_ids)] = float("-inf")
+        if not torch.isfinite(logits).any():
+            break
+        tok = int(torch.multinomial(logits.softmax(-1), 1, generator=gen))
+        out.append(tok)
+        advance_fn(tok)
+        if done_fn():
+            break
+    return out, t / max(1, step + 1)
+
+
+def compare_libraries(tok, vocab: int, samples: int, seed: int) -> list[str]:
+    import jsonschema
+
+    from vernacular.serve.constraints import Constraint, json_schema_grammar, ll_tokenizer
+
+    try:
+        outlines = _Outlines(tok, vocab)
+    except ImportError:
+        outlines = None
+    lines = ["| schema | library | compile ms | mask us/token | valid outputs |", "|---|---|---:|---:|---:|"]
+    for name, schema in SCHEMAS.items():
+        for lib in ("llguidance", "outlines-core"):
+            if lib == "outlines-core" and outlines is None:
+                continue
+            gen = torch.Generator().manual_seed(seed)
+            valid, mask_s, compile_s = 0, [], 0.0
+            try:
+                for _ in range(samples):
+                    t0 = time.perf_counter()
+                    if lib == "llguidance":
+                        c = Constraint(ll_tokenizer(tok, vocab), json_schema_grammar(schema), vocab)
+                        fns = (c.allowed, c.advance, c.is_done)
+                    else:
+                        g = outlines.compile(schema)
+                        fns = (lambda g=g: outlines.allowed(g), g.advance, g.is_finished)
+                    compile_s += time.perf_counter() - t0
+                    ids, per = walk(*fns, tok.stop_ids, vocab, gen)
+                    mask_s.append(per)
+                    try:
+                        jsonschema.validate(json.loads(tok.decode(ids)), schema)
+                        valid += 1
+                    except (ValueError, jsonschema.ValidationError):
+                        pass
+            except Exception as e:  # a schema the library cannot compile
+                lines.append(f"| {name} | {lib} | - | - | cannot compile: {type(e).__name__} |")
+                continue
+            lines.append(f"| {name} | {lib} | {1e3 * compile_s / samples:.1f} | "
+                         f"{1e6 * sum(mask_s) / len(mask_s):.0f} | {valid}/{samples} |")  # fmt: skip
+    return lines
 
 
 def measure(engine, prompt: list[int], batch: int, tokens: int, grammar, repeats: int) -> float:
@@ -55,9 +165,8 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--samples", type=int, default=10, help="random walks per schema and library")
     args = p.parse_args()
-
-    import torch
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -97,6 +206,7 @@ def main() -> int:
             free = measure(eng, prompt, b, args.tokens, None, args.repeats)
             constrained = measure(eng, prompt, b, args.tokens, grammar, args.repeats)
             rows.append((b, free, constrained))
+    libs = compare_libraries(tok, vocab, args.samples, args.seed)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"model: {n_params / 1e6:.1f} M parameters, vocabulary {vocab}; {args.tokens} tokens per request; "
           f"llguidance mask: {mask_us:.0f} us per token (compute_bitmask + bool row)")
@@ -105,6 +215,8 @@ def main() -> int:
     for b, free, cons in rows:
         print(f"| {b} | {1e3 * free / args.tokens:.2f} | {1e3 * cons / args.tokens:.2f} | "
               f"{1e3 * free / (b * args.tokens):.3f} | {1e3 * cons / (b * args.tokens):.3f} | {cons / free:.2f}x |")
+    print("\nlibraries on this tokenizer (uniform random walks over the allowed tokens):")
+    print("\n".join(libs))
     return 0
 
 
