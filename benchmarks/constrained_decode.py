@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # minLength keeps the grammar open for the whole run, so both kinds produce exactly --tokens tokens
 SCHEMA = {"type": "object", "properties": {"text": {"type": "string", "minLength": 4000}}, "required": ["text"]}
 SCHEMAS = {
-    "array of strings": {"type": "array", "items": {"type": "string"}},
+    "array of short strings": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 4},
     "nested object + enum + bounded array": {
         "type": "object", "additionalProperties": False, "required": ["city", "days"],
         "properties": {"city": {"type": "string", "maxLength": 20}, "days": {"type": "array", "minItems": 1,
@@ -70,10 +70,10 @@ class _Outlines:
         return row
 
 
-def walk(allowed_fn, advance_fn, done_fn, stop_ids, vocab, gen, max_steps=200) -> tuple[list[int], float]:
+def walk(allowed_fn, advance_fn, done_fn, stop_ids, vocab, gen, max_steps=300) -> tuple[list[int], float, bool]:
     """Sample uniformly among allowed tokens (ending when the grammar allows stopping, after a few tokens); returns
-    the tokens and the mean seconds per mask."""
-    out, t = [], 0.0
+    the tokens, the mean seconds per mask, and whether the grammar finished within max_steps."""
+    out, t, finished = [], 0.0, False
     for step in range(max_steps):
         t0 = time.perf_counter()
         allowed = allowed_fn()
@@ -81,6 +81,7 @@ def walk(allowed_fn, advance_fn, done_fn, stop_ids, vocab, gen, max_steps=200) -
         logits = torch.randn(vocab, generator=gen).masked_fill(~allowed, float("-inf"))
         stop = [s for s in stop_ids if allowed[s]]
         if stop and step > 8:
+            finished = True
             break
         logits[list(stop_ids)] = float("-inf")
         if not torch.isfinite(logits).any():
@@ -89,8 +90,9 @@ def walk(allowed_fn, advance_fn, done_fn, stop_ids, vocab, gen, max_steps=200) -
         out.append(tok)
         advance_fn(tok)
         if done_fn():
+            finished = True
             break
-    return out, t / max(1, step + 1)
+    return out, t / max(1, step + 1), finished
 
 
 def compare_libraries(tok, vocab: int, samples: int, seed: int) -> list[str]:
@@ -102,13 +104,14 @@ def compare_libraries(tok, vocab: int, samples: int, seed: int) -> list[str]:
         outlines = _Outlines(tok, vocab)
     except ImportError:
         outlines = None
-    lines = ["| schema | library | compile ms | mask us/token | valid outputs |", "|---|---|---:|---:|---:|"]
+    lines = ["| schema | library | compile ms | mask us/token | finished walks | valid among finished |",
+             "|---|---|---:|---:|---:|---:|"]
     for name, schema in SCHEMAS.items():
         for lib in ("llguidance", "outlines-core"):
             if lib == "outlines-core" and outlines is None:
                 continue
             gen = torch.Generator().manual_seed(seed)
-            valid, mask_s, compile_s = 0, [], 0.0
+            valid, finished, mask_s, compile_s = 0, 0, [], 0.0
             try:
                 for _ in range(samples):
                     t0 = time.perf_counter()
@@ -119,18 +122,21 @@ def compare_libraries(tok, vocab: int, samples: int, seed: int) -> list[str]:
                         g = outlines.compile(schema)
                         fns = (lambda g=g: outlines.allowed(g), g.advance, g.is_finished)
                     compile_s += time.perf_counter() - t0
-                    ids, per = walk(*fns, tok.stop_ids, vocab, gen)
+                    ids, per, done = walk(*fns, tok.stop_ids, vocab, gen)
                     mask_s.append(per)
+                    if not done:  # cut by max_steps: unfinished JSON says nothing about the library
+                        continue
+                    finished += 1
                     try:
                         jsonschema.validate(json.loads(tok.decode(ids)), schema)
                         valid += 1
                     except (ValueError, jsonschema.ValidationError):
                         pass
             except Exception as e:  # a schema the library cannot compile
-                lines.append(f"| {name} | {lib} | - | - | cannot compile: {type(e).__name__} |")
+                lines.append(f"| {name} | {lib} | - | - | cannot compile: {type(e).__name__} | |")
                 continue
             lines.append(f"| {name} | {lib} | {1e3 * compile_s / samples:.1f} | "
-                         f"{1e6 * sum(mask_s) / len(mask_s):.0f} | {valid}/{samples} |")  # fmt: skip
+                         f"{1e6 * sum(mask_s) / len(mask_s):.0f} | {finished}/{samples} | {valid}/{finished} |")  # fmt: skip
     return lines
 
 

@@ -374,7 +374,7 @@ def test_structured_outputs_always_validate(client):
     msgs = [{"role": "user", "content": "JSON please"}]
     for k, schema in enumerate(SCHEMAS):
         rf = {"type": "json_schema", "json_schema": {"name": f"s{k}", "schema": schema, "strict": True}}
-        for seed in range(3):  # sampled (temperature 1): many different valid answers
+        for seed in range(2):  # sampled (temperature 1): many different valid answers
             body = {"messages": msgs, "response_format": rf, "seed": seed, "max_tokens": 150, "n": 2}
             for choice in client.post("/v1/chat/completions", json=body).json()["choices"]:
                 assert choice["finish_reason"] == "stop"
@@ -444,7 +444,7 @@ def test_logit_bias_min_tokens_and_penalties_in_the_batched_step(client):
 
 
 # ---------------------------------------------------------------- fuzzing (issue 14): no 5xx, OpenAI-shaped errors
-FUZZ_BUDGET_S = 60  # wall-clock bound of the requests of the two fuzz tests (generation adds some; CI: < 2 min)
+FUZZ_BUDGET_S = 45  # wall-clock bound of the requests of the two fuzz tests (generation adds some; CI: < 2 min)
 
 
 def _check_fuzz_response(resp, what):
