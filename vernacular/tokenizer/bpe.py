@@ -48,18 +48,16 @@ def _pairs(symbols: list[int]):
 
 
 def train_parity_bpe(train_words: dict[str, Counter], dev_words: dict[str, Counter], alphabet: list[str],
-                     n_special: int, config: ParityBPEConfig, dev_norm: dict[str, float] | None = None,
-                     progress: bool = True) -> tuple[list[str], list[tuple[str, str]], dict]:
+                     n_special: int, config: ParityBPEConfig, progress: bool = True) -> tuple[list[str], list[tuple[str, str]], dict]:
     """Learn merges on pre-tokenized words (byte-level strings) per language.
 
-    train_words / dev_words: lang -> Counter(word -> count). dev_norm: lang -> size of its dev text in a unit that is
-    comparable across languages (1 for aligned dev sets, where raw token counts compare; characters otherwise).
+    train_words / dev_words: lang -> Counter(word -> count). The dev text must be multi-parallel (the same sentences in
+    every language), so raw token counts compare; training languages without dev text are never steered for.
     Returns (tokens in id order after the specials, merges, stats).
     """
     langs = sorted(train_words)
     lang_index = {lang: i for i, lang in enumerate(langs)}
     ref = lang_index.get(config.reference) if config.reference else None
-    norm = [float((dev_norm or {}).get(lang, 1.0)) or 1.0 for lang in langs]
 
     id2tok = list(alphabet)
     tok2id = {t: i for i, t in enumerate(id2tok)}
@@ -97,6 +95,9 @@ def train_parity_bpe(train_words: dict[str, Counter], dev_words: dict[str, Count
                 for li, c in w.train:
                     lc = lcounts[li]
                     lc[p] = lc.get(p, 0) + c
+    steerable = [i for i in range(len(langs)) if dev_tokens[i] > 0]  # languages with dev text
+    if ref not in steerable:
+        ref = None
     heap = [(-c, p) for p, c in counts.items()]
     heapq.heapify(heap)
     share = config.share / len(langs)
@@ -130,12 +131,12 @@ def train_parity_bpe(train_words: dict[str, Counter], dev_words: dict[str, Count
     bar = tqdm(total=n_merges, desc="parity-aware BPE merges", unit="merge", disable=not progress, mininterval=1.0)
     exhausted: set[int] = set()  # languages with no pair left at min_frequency: steering skips them
     while len(merges) < n_merges:
-        rates = [dev_tokens[i] / norm[i] for i in range(len(langs))]
-        base = rates[ref] if ref is not None else min(rates)
         pair = None
-        while pair is None and len(merges) >= config.warmup and base > 0 and len(exhausted) < len(langs):
-            worst = max((i for i in range(len(langs)) if i not in exhausted), key=lambda i: rates[i])
-            if rates[worst] / base <= config.target:
+        if steerable and len(merges) >= config.warmup:
+            base = dev_tokens[ref] if ref is not None else min(dev_tokens[i] for i in steerable)
+        while pair is None and len(merges) >= config.warmup and len(exhausted) < len(steerable):
+            worst = max((i for i in steerable if i not in exhausted), key=lambda i: dev_tokens[i])
+            if dev_tokens[worst] / base <= config.target:
                 break
             lc = lcounts[worst]
             pair = pop_best(lheaps[worst], lambda p: lscore(lc, p))
@@ -215,13 +216,12 @@ def train_parity_bpe(train_words: dict[str, Counter], dev_words: dict[str, Count
             lc.pop(pair, None)
         bar.update(1)
     bar.close()
-    rates = [dev_tokens[i] / norm[i] for i in range(len(langs))]
-    base = rates[ref] if ref is not None else min(rates)
+    base = (dev_tokens[ref] if ref is not None else min(dev_tokens[i] for i in steerable)) if steerable else 0
     stats = {
         "merges": len(merges),
         "steered_merges": steered,
         "steered_by_language": dict(sorted(steered_by_lang.items(), key=lambda kv: -kv[1])),
-        "dev_premium": {lang: round(rates[i] / base, 4) for i, lang in enumerate(langs)} if base else {},
+        "dev_premium": {langs[i]: round(dev_tokens[i] / base, 4) for i in steerable} if base else {},
         "dev_tokens": {lang: int(dev_tokens[i]) for i, lang in enumerate(langs)},
     }
     return id2tok[len(alphabet):], merges, stats

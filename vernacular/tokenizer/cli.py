@@ -30,8 +30,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--share", type=float, default=None, help="parity: weight of the other languages' counts "
                        "when ranking the worst language's pairs (default 2)")
     train.add_argument("--min-frequency", type=int, default=2)
-    train.add_argument("--dev-fraction", type=float, default=0.1,
-                       help="share of each language's lines held out to steer parity-aware merges")
+    train.add_argument("--parity-dev", type=Path, default=None,
+                       help="parity: multi-parallel dev folder (<lang>.txt, line i the same sentence in every "
+                       "language) that steers the merges (default: the one shipped in the package, NTREX-128 "
+                       "documents held out of the embedded corpus)")
     train.add_argument("--chars-per-language", type=int, default=None,
                        help="cap per language for the balanced sample (default: all of an aligned input, "
                        "else the median language's amount)")
@@ -51,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _parity(args) -> int:
     from vernacular.run import RunDir, write_json
-    from vernacular.tokenizer.parity import parity_report, plot_parity
+    from vernacular.tokenizer.parity import parity_report, plot_parity, steering_dev_set
 
     if args.aligned is None:
         raise SystemExit("error: `vernacular tokenizer parity` needs --aligned FOLDER")
@@ -61,6 +63,7 @@ def _parity(args) -> int:
     out = args.out or (Path(tok_path) if Path(tok_path).is_dir() else Path(tok_path).parent)
     rep = parity_report(tok_path, args.aligned, reference=args.reference)
     rep["aligned_set"] = str(args.aligned)
+    rep["parity_dev"] = steering_dev_set(tok_path)
     write_json(out / "parity.json", rep)
     plot_parity({Path(tok_path).name: rep}, out / "parity.png")
     _print_parity(rep)
@@ -74,13 +77,15 @@ def _print_parity(rep: dict) -> None:
         print(f"{lang:6} {s['premium']:8.3f} {s['bytes_per_token']:10.3f} {s['tokens_per_word']:9.3f}")
     print(f"max premium {rep['max_premium']:.3f} ({rep['worst_language']}), mean {rep['mean_premium']:.3f}, "
           f"{rep['reference']} bytes/token {rep['reference_bytes_per_token']:.3f}")
+    if rep.get("parity_dev"):
+        print(f"merges steered by the parity dev set: {rep['parity_dev']}")
 
 
 def _train(args) -> int:
     from dataclasses import replace
 
     from vernacular.run import RunDir, write_json
-    from vernacular.tokenizer.corpus import read_folder, read_run, split_corpus
+    from vernacular.tokenizer.corpus import build_corpus, read_folder, read_run
     from vernacular.tokenizer.parity import write_parity
     from vernacular.tokenizer.train import TokenizerConfig, config_dict, save_tokenizer, train_tokenizer
 
@@ -91,7 +96,8 @@ def _train(args) -> int:
     run = RunDir(args.run_dir) if args.run_dir else None
     out = args.out or run.tokenizer
     cfg = TokenizerConfig(vocab_size=args.vocab_size, method=args.method, min_frequency=args.min_frequency,
-                          model_max_length=args.model_max_length, dev_fraction=args.dev_fraction, seed=args.seed)
+                          model_max_length=args.model_max_length, seed=args.seed,
+                          parity_dev=str(args.parity_dev) if args.parity_dev else None)
     if args.target is not None:
         cfg = replace(cfg, target=args.target)
     if args.share is not None:
@@ -100,9 +106,10 @@ def _train(args) -> int:
         cfg = replace(cfg, warmup=args.warmup)
 
     docs = read_folder(args.input) if args.input else read_run(run)
-    corpus = split_corpus(docs, dev_fraction=cfg.dev_fraction, chars_per_language=args.chars_per_language, seed=cfg.seed)
+    corpus = build_corpus(docs, parity_dev=cfg.parity_dev, chars_per_language=args.chars_per_language, seed=cfg.seed)
     print(f"tokenizer: {cfg.method} BPE, vocab {cfg.vocab_size}, {len(corpus.langs)} languages, "
-          f"{corpus.train_bytes() / 1e6:.2f} MB of training text ({'aligned' if corpus.aligned else 'balanced'})")
+          f"{corpus.train_bytes() / 1e6:.2f} MB of training text ({'aligned' if corpus.aligned else 'balanced'})"
+          + (f"; parity dev set: {corpus.dev_name}, {len(corpus.dev)} languages" if cfg.method == "parity" else ""))
     tok, stats = train_tokenizer(corpus, cfg, progress=not args.quiet)
     tok_json = save_tokenizer(tok, out, cfg)
     write_json(Path(out) / "train_stats.json", stats)
@@ -110,13 +117,13 @@ def _train(args) -> int:
 
     report = None
     if args.parity_eval:
-        report = write_parity(tok_json, args.parity_eval, out)
+        report = write_parity(tok_json, args.parity_eval, out, parity_dev=stats.get("parity_dev"))
         _print_parity(report)
     if run is not None:
         run.record_stage("tokenizer", {
             **config_dict(cfg), "input": args.input or "run text", "output": out, "parity_eval": args.parity_eval,
             "vocab_size_trained": stats["vocab_size"], "train_seconds": stats["train_seconds"],
-            "max_premium": report["max_premium"] if report else None,
+            "parity_dev": stats.get("parity_dev"), "max_premium": report["max_premium"] if report else None,
             "worst_language": report["worst_language"] if report else None,
         })
         if not args.no_shards:

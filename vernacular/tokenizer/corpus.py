@@ -13,12 +13,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+PARITY_DEV = Path(__file__).resolve().parent / "parity_dev"
+
 
 @dataclass
 class Corpus:
     train: dict[str, list[str]]  # lang -> documents
-    dev: dict[str, list[str]] = field(default_factory=dict)  # lang -> held-out documents (parity steering only)
-    aligned: bool = False  # dev line i is the same sentence in every language
+    dev: dict[str, list[str]] = field(default_factory=dict)  # lang -> parity dev lines, line i the same everywhere
+    dev_name: str = ""  # which dev set steered the merges (for reports)
+    aligned: bool = False  # the training text is aligned (then balanced by content already)
 
     @property
     def langs(self) -> list[str]:
@@ -64,24 +67,35 @@ def is_aligned(docs: dict[str, list[str]]) -> bool:
     return len(docs) > 1 and len({len(v) for v in docs.values()}) == 1
 
 
-def split_corpus(docs: dict[str, list[str]], dev_fraction: float = 0.1, chars_per_language: int | None = None,
-                 seed: int = 0) -> Corpus:
-    """Hold out every k-th line as dev (same lines in every language, so an aligned input stays aligned), then balance.
+def read_parity_dev(folder: str | Path | None = None) -> tuple[dict[str, list[str]], str]:
+    """The multi-parallel dev set that steers parity-aware merges: (lang -> lines, name for reports).
 
-    Balance: aligned input is already balanced by content. Otherwise every language is capped at `chars_per_language`
-    characters (default: the median language's amount), taking a seeded random sample of its documents.
+    Default: the set shipped in the package (`parity_dev/`, NTREX-128 documents held out of the embedded corpus,
+    CC BY-SA 4.0). A user folder must be aligned like it: `<lang>.txt` files with the same number of lines, line i the
+    same sentence in every language. Raises ValueError when it is not.
+    """
+    path = Path(folder) if folder is not None else PARITY_DEV
+    docs = read_folder(path)
+    if not is_aligned(docs):
+        counts = {k: len(v) for k, v in sorted(docs.items())}
+        raise ValueError(f"parity dev set {path} is not multi-parallel: it needs >= 2 languages with the same number "
+                         f"of lines (line i the same sentence everywhere), got {counts}")
+    if any(not line.strip() for lines in docs.values() for line in lines):
+        raise ValueError(f"parity dev set {path} has empty lines: every line must be a sentence in every language")
+    name = "shipped: NTREX-128 held-out documents (vernacular/tokenizer/parity_dev)" if folder is None else str(path)
+    return docs, name
+
+
+def build_corpus(docs: dict[str, list[str]], parity_dev: str | Path | None = None, chars_per_language: int | None = None,
+                 seed: int = 0, dev: tuple[dict[str, list[str]], str] | None = None) -> Corpus:
+    """Balance the training text per language and attach the parity dev set (`read_parity_dev(parity_dev)`).
+
+    Balance: aligned input is already balanced by content and used whole (up to `chars_per_language`). Otherwise every
+    language is capped at `chars_per_language` characters (default: the median language's amount), taking a seeded
+    random sample of its documents. The dev set keeps only the training languages; `dev` passes one already read.
     """
     aligned = is_aligned(docs)
-    train: dict[str, list[str]] = {}
-    dev: dict[str, list[str]] = {}
-    step = round(1 / dev_fraction) if dev_fraction > 0 else 0
-    for lang, lines in docs.items():
-        if step and len(lines) >= 2 * step:
-            dev[lang] = [line for i, line in enumerate(lines) if i % step == step - 1 and line.strip()]
-            train[lang] = [line for i, line in enumerate(lines) if i % step != step - 1 and line.strip()]
-        else:  # too little text to hold any out: steer on the training text itself
-            train[lang] = [line for line in lines if line.strip()]
-            dev[lang] = list(train[lang])
+    train = {lang: [line for line in lines if line.strip()] for lang, lines in docs.items()}
     if not aligned:
         sizes = sorted(sum(len(d) for d in v) for v in train.values())
         budget = chars_per_language or sizes[len(sizes) // 2]
@@ -105,4 +119,6 @@ def split_corpus(docs: dict[str, list[str]], dev_fraction: float = 0.1, chars_pe
                 kept.append(line)
                 total += len(line)
             train[lang] = kept
-    return Corpus(train=train, dev=dev, aligned=aligned)
+    dev_docs, dev_name = dev if dev is not None else read_parity_dev(parity_dev)
+    return Corpus(train=train, dev={lang: v for lang, v in dev_docs.items() if lang in train}, dev_name=dev_name,
+                  aligned=aligned)

@@ -51,6 +51,20 @@ def parity_report(tokenizer, aligned: str | Path | dict[str, list[str]], referen
     }
 
 
+def steering_dev_set(tokenizer) -> str | None:
+    """The dev set that steered a tokenizer's merges, from the train_stats.json saved next to it (None: plain BPE, or
+    not one of ours)."""
+    import json
+
+    if not isinstance(tokenizer, (str, Path)):
+        return None
+    folder = Path(tokenizer) if Path(tokenizer).is_dir() else Path(tokenizer).parent
+    try:
+        return json.loads((folder / "train_stats.json").read_text()).get("parity_dev")
+    except (OSError, ValueError):
+        return None
+
+
 def plot_parity(reports: dict[str, dict], path: str | Path, title: str = "Tokenizer premium vs English") -> Path:
     """Bar chart of the premium per language (sorted by the first report), with the parity line at 1.0."""
     import matplotlib
@@ -82,12 +96,14 @@ def plot_parity(reports: dict[str, dict], path: str | Path, title: str = "Tokeni
     return path
 
 
-def write_parity(tokenizer, aligned, out_dir: str | Path, name: str = "vernacular") -> dict:
-    """parity.json + parity.png into out_dir; returns the report."""
+def write_parity(tokenizer, aligned, out_dir: str | Path, name: str = "vernacular", parity_dev: str | None = None) -> dict:
+    """parity.json + parity.png into out_dir; returns the report. parity_dev: the dev set that steered the merges
+    (recorded in the report; the tokenizer's train_stats.json next to it is read when not given)."""
     from vernacular.run import write_json
 
     rep = parity_report(tokenizer, aligned)
     rep["aligned_set"] = str(aligned) if not isinstance(aligned, dict) else "in-memory"
+    rep["parity_dev"] = parity_dev if parity_dev is not None else steering_dev_set(tokenizer)
     out = Path(out_dir)
     write_json(out / "parity.json", rep)
     plot_parity({name: rep}, out / "parity.png")
