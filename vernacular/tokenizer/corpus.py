@@ -88,16 +88,24 @@ def read_parity_dev(folder: str | Path | None = None) -> tuple[dict[str, list[st
 
 def build_corpus(docs: dict[str, list[str]], parity_dev: str | Path | None = None, chars_per_language: int | None = None,
                  seed: int = 0, dev: tuple[dict[str, list[str]], str] | None = None) -> Corpus:
-    """Balance the training text per language and attach the parity dev set (`read_parity_dev(parity_dev)`).
+    """Balance the training text by content per language and attach the parity dev set (`read_parity_dev(parity_dev)`).
 
-    Balance: aligned input is already balanced by content and used whole (up to `chars_per_language`). Otherwise every
-    language is capped at `chars_per_language` characters (default: the median language's amount), taking a seeded
-    random sample of its documents. The dev set keeps only the training languages; `dev` passes one already read.
+    Aligned input is already balanced by content and used whole (up to `chars_per_language`). Otherwise each language
+    is capped at the same *content*: the dev set says how many characters each language needs for the same sentences
+    (Greek ~1.1x English, Finnish ~1.0x, ...), so language l keeps a seeded random sample of its documents up to
+    `budget * chars_l / chars_median` characters, budget = `chars_per_language` (default: the median language's
+    amount, in those content units). Languages without dev text count characters as they are. The dev set keeps only
+    the training languages; `dev` passes one already read.
     """
     aligned = is_aligned(docs)
     train = {lang: [line for line in lines if line.strip()] for lang, lines in docs.items()}
+    dev_docs, dev_name = dev if dev is not None else read_parity_dev(parity_dev)
+    dev_docs = {lang: v for lang, v in dev_docs.items() if lang in train}
     if not aligned:
-        sizes = sorted(sum(len(d) for d in v) for v in train.values())
+        dev_chars = {lang: sum(len(line) for line in v) for lang, v in dev_docs.items()}
+        unit = sorted(dev_chars.values())[len(dev_chars) // 2] if dev_chars else 1
+        chars_per_content = {lang: dev_chars.get(lang, unit) / unit for lang in train}
+        sizes = sorted(sum(len(d) for d in v) / chars_per_content[lang] for lang, v in train.items())
         budget = chars_per_language or sizes[len(sizes) // 2]
         rng = random.Random(seed)
         for lang in sorted(train):
@@ -105,7 +113,7 @@ def build_corpus(docs: dict[str, list[str]], parity_dev: str | Path | None = Non
             rng.shuffle(order)
             kept, total = [], 0
             for i in order:
-                if total >= budget:
+                if total >= budget * chars_per_content[lang]:
                     break
                 kept.append(i)
                 total += len(train[lang][i])
@@ -119,6 +127,4 @@ def build_corpus(docs: dict[str, list[str]], parity_dev: str | Path | None = Non
                 kept.append(line)
                 total += len(line)
             train[lang] = kept
-    dev_docs, dev_name = dev if dev is not None else read_parity_dev(parity_dev)
-    return Corpus(train=train, dev={lang: v for lang, v in dev_docs.items() if lang in train}, dev_name=dev_name,
-                  aligned=aligned)
+    return Corpus(train=train, dev=dev_docs, dev_name=dev_name, aligned=aligned)
