@@ -1,4 +1,5 @@
-"""The tokenizer stage on real text: train on NTREX, load with transformers, round-trip, chat template, CLI."""
+"""The tokenizer stage on real text: train on shipped NTREX lines (the parity dev set) and the embedded corpus, load
+with transformers, round-trip, chat template, CLI. Nothing here needs ../shared."""
 
 from __future__ import annotations
 
@@ -12,13 +13,10 @@ from vernacular.tokenizer import cli as tokenizer_cli
 from vernacular.tokenizer import BOS, END, EOS, PAD, SPECIAL_TOKENS, load, render_chat
 from vernacular.tokenizer.bpe import ParityBPEConfig, train_parity_bpe
 from vernacular.tokenizer.chat import ChatTemplateError
-from vernacular.tokenizer.corpus import read_folder, split_corpus
-from vernacular.tokenizer.train import TokenizerConfig, train_tokenizer
+from vernacular.tokenizer.corpus import PARITY_DEV, build_corpus, read_folder, read_parity_dev
+from vernacular.tokenizer.train import TokenizerConfig, count_words, skeleton, train_tokenizer
 
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
-NTREX = CORPORA / "ntrex128"
-FLORES = CORPORA / "flores200-sib"
-
+DEMO = Path(__file__).resolve().parents[1] / "vernacular" / "data" / "demo"  # the embedded corpus
 
 
 def cli(argv: list[str]) -> int:
@@ -41,10 +39,10 @@ CHAT = [
 
 @pytest.fixture(scope="module")
 def plain_dir(tmp_path_factory):
-    """A small plain tokenizer trained through the CLI on all 30 NTREX languages."""
+    """A small plain tokenizer trained through the CLI on the embedded corpus (24 languages)."""
     out = tmp_path_factory.mktemp("tok") / "plain"
-    assert cli(["tokenizer", "--input", str(NTREX), "--out", str(out), "--method", "plain", "--vocab-size", "4000",
-                "--chars-per-language", "80000", "--quiet"]) == 0
+    assert cli(["tokenizer", "--input", str(DEMO), "--out", str(out), "--method", "plain", "--vocab-size", "4000",
+                "--quiet"]) == 0
     return out
 
 
@@ -69,10 +67,10 @@ def test_transformers_loads_and_round_trips_all_languages(plain_dir):
     auto = AutoTokenizer.from_pretrained(str(plain_dir))
     assert auto.bos_token_id == 0 and auto.eos_token_id == 1 and auto.pad_token_id == 2
     ours = load(plain_dir)
-    flores = read_folder(FLORES)
-    assert len(flores) == 30
-    for lang, lines in flores.items():
-        for line in lines[:200]:
+    shipped = read_folder(PARITY_DEV)  # NTREX lines in 30 languages, none of them trained on here
+    assert len(shipped) == 30
+    for lang, lines in shipped.items():
+        for line in lines:
             ids = auto(line, add_special_tokens=False)["input_ids"]
             assert ids == ours.encode(line).ids
             assert auto.decode(ids) == line, lang
@@ -120,23 +118,55 @@ def test_merge_loop_on_a_hand_checked_example():
 
 def test_incremental_counts_match_hf_encoding():
     """The loop's running dev token count must equal what HF tokenizers produces with the saved merges."""
-    docs = {lang: read_folder(NTREX)[lang][:400] for lang in ("eng", "ell", "fin", "ukr")}
-    corpus = split_corpus(docs, dev_fraction=0.2)
+    docs = {lang: read_folder(DEMO)[lang] for lang in ("eng", "ell", "fin", "bul")}
+    corpus = build_corpus(docs)
+    assert sorted(corpus.dev) == sorted(docs) and len({len(v) for v in corpus.dev.values()}) == 1
     tok, stats = train_tokenizer(corpus, TokenizerConfig(vocab_size=1500, method="parity", target=1.0), progress=False)
-    assert stats["steered_merges"] > 0
+    assert stats["steered_merges"] > 0 and stats["parity_dev"].startswith("shipped")
     for lang, dev in corpus.dev.items():
         assert sum(len(e.ids) for e in tok.encode_batch(dev)) == stats["dev_tokens"][lang], lang
 
 
-def test_unaligned_input_is_balanced_by_characters():
-    docs = {"eng": ["a short line"] * 500, "deu": ["eine etwas längere Zeile hier"] * 2000, "fra": ["une ligne"] * 90}
-    corpus = split_corpus(docs, dev_fraction=0.1)
-    assert not corpus.aligned
-    sizes = {k: sum(len(d) for d in v) for k, v in corpus.train.items()}
-    median = sorted(sizes.values())[1]
-    assert sizes["deu"] <= median + len(docs["deu"][0]) and sizes["deu"] < 2000 * 0.9 * len(docs["deu"][0])
-    assert len(corpus.train["fra"]) == 81  # smaller than the budget: all of it is kept
-    assert corpus.dev["fra"] and corpus.dev["eng"]
+def test_unaligned_input_is_balanced_by_content():
+    """Unaligned text is capped at the same content per language: the dev set says Greek needs more characters than
+    English for the same sentences, so Greek keeps more characters."""
+    dev = ({"eng": ["a" * 100], "ell": ["b" * 150], "fra": ["c" * 100]}, "test dev")
+    docs = {"eng": ["x" * 10] * 500, "ell": ["y" * 10] * 2000, "fra": ["z" * 10] * 90}
+    corpus = build_corpus(docs, dev=dev)
+    assert not corpus.aligned and corpus.dev_name == "test dev"
+    # the median content is English's 5000 chars; Greek is allowed 1.5x the characters for it
+    assert [len(corpus.train[k]) for k in ("eng", "ell", "fra")] == [500, 750, 90]
+
+
+def test_word_counts_equal_hf_pre_tokenizer():
+    """count_words (GPT-2 split in C) gives exactly the words HF's NFC + ByteLevel pre-tokenizer makes."""
+    tok = skeleton()
+    docs = [line for lines in read_folder(PARITY_DEV).values() for line in lines] + [
+        "It's 3.14159 — we'll   see:\n\n  tabs\tand  spaces  ", "e\u0301 non-NFC, 🙂🙂 ∮ ⅞ 12,345 x1y2 'S 'LL",
+        "   leading", "trailing   ", "\r\n", "日本語のテキスト", "a\u00a0b\u2009c\u3000d"]
+    expected = Counter(w for d in docs for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(d)))
+    assert count_words(docs) == expected
+
+
+def test_parity_dev_is_shipped_and_user_given(tmp_path):
+    docs, name = read_parity_dev()
+    assert len(docs) == 30 and len({len(v) for v in docs.values()}) == 1 and "shipped" in name
+    assert (PARITY_DEV / "LICENSE.md").read_text().startswith("Attribution-ShareAlike 4.0 International")
+    own = tmp_path / "own"
+    own.mkdir()
+    for lang in ("eng", "ell", "deu"):
+        (own / f"{lang}.txt").write_text("\n".join(docs[lang][:30]) + "\n")
+    train = {lang: read_folder(DEMO)[lang] for lang in ("eng", "ell", "deu", "fin")}
+    out = tmp_path / "tok"
+    assert cli(["tokenizer", "--input", str(DEMO), "--out", str(out), "--vocab-size", "800", "--parity-dev", str(own),
+                "--quiet"]) == 0
+    stats = json.loads((out / "train_stats.json").read_text())
+    assert stats["parity_dev"] == str(own) and sorted(stats["dev_premium"]) == ["deu", "ell", "eng"]
+    corpus = build_corpus(train, parity_dev=own)
+    assert sorted(corpus.dev) == ["deu", "ell", "eng"]  # fin is trained on but never steered for
+    (own / "fra.txt").write_text("one line\n")
+    with pytest.raises(SystemExit, match="multi-parallel"):
+        cli(["tokenizer", "--input", str(DEMO), "--out", str(out), "--parity-dev", str(own), "--quiet"])
 
 
 def test_cli_errors_are_clear(tmp_path):
@@ -158,45 +188,47 @@ def test_cli_errors_are_clear(tmp_path):
 
 def test_cli_run_dir_records_stage_and_parity(tmp_path):
     run = tmp_path / "run"
-    small = tmp_path / "small"
-    small.mkdir()
-    for path in sorted(NTREX.glob("*.txt")):
-        if path.stem in ("eng", "deu", "ell", "pol", "fin"):
-            (small / path.name).write_text("\n".join(path.read_text().splitlines()[:300]) + "\n")
-    assert cli(["tokenizer", "--run-dir", str(run), "--input", str(small), "--vocab-size", "2000",
-                "--parity-eval", str(FLORES), "--no-shards", "--quiet"]) == 0
+    assert cli(["tokenizer", "--run-dir", str(run), "--input", str(DEMO), "--vocab-size", "1000",
+                "--parity-eval", str(PARITY_DEV), "--no-shards", "--quiet"]) == 0
     from vernacular.run import RunDir
 
     rd = RunDir(run)
     assert (rd.tokenizer / "tokenizer.json").exists() and (rd.tokenizer / "parity.png").stat().st_size > 1000
     rep = json.loads((rd.tokenizer / "parity.json").read_text())
     assert rep["languages"] == 30 and rep["per_language"]["eng"]["premium"] == 1.0
+    assert rep["parity_dev"].startswith("shipped")
     recorded = rd.read_config()["tokenizer"]
-    assert recorded["method"] == "parity" and recorded["vocab_size"] == 2000
-    assert recorded["max_premium"] == pytest.approx(rep["max_premium"])
+    assert recorded["method"] == "parity" and recorded["vocab_size"] == 1000
+    assert recorded["max_premium"] == pytest.approx(rep["max_premium"]) and recorded["parity_dev"] == rep["parity_dev"]
 
 
-def test_run_dir_end_to_end_writes_shards(tmp_path):
-    """`vernacular data` then `vernacular tokenizer --run-dir`: the tokenizer trains on the run's cleaned text and the
-    data stage's shards come out framed with our BOS/EOS ids."""
+def test_run_dir_end_to_end_steers_and_writes_shards(tmp_path):
+    """The product path on the embedded corpus: `vernacular data`, then `vernacular tokenizer --run-dir` trains on the
+    run's cleaned text (not line-aligned) steered by the shipped dev set, and the shards come out framed with our
+    BOS/EOS ids. Against plain BPE on the same run text, the steered tokenizer has a lower max premium on the dev set
+    (the text it was steered by: this checks the steering works, FLORES is the benchmark's evaluation)."""
+    import argparse
+
     import numpy as np
 
     from vernacular.data.cli import add_arguments as data_args, main as data_main
     from vernacular.run import RunDir, read_json
 
-    src = tmp_path / "src"
-    src.mkdir()
-    for lang in ("eng", "deu", "ell", "fin"):
-        (src / f"{lang}.txt").write_text("\n".join((NTREX / f"{lang}.txt").read_text().splitlines()[:120]) + "\n")
-    import argparse
-
     parser = argparse.ArgumentParser()
     data_args(parser)
     run = tmp_path / "run"
-    assert data_main(parser.parse_args(["--run-dir", str(run), "--source", str(src), "--languages", "eng,deu,ell,fin",
-                                        "--workers", "1", "--no-progress"])) == 0
-    assert cli(["tokenizer", "--run-dir", str(run), "--vocab-size", "1200", "--quiet"]) == 0
+    assert data_main(parser.parse_args(["--run-dir", str(run), "--source", "demo", "--workers", "1",
+                                        "--no-progress"])) == 0
+    assert cli(["tokenizer", "--run-dir", str(run), "--vocab-size", "1200", "--parity-eval", str(PARITY_DEV),
+                "--quiet"]) == 0
+    assert cli(["tokenizer", "--run-dir", str(run), "--out", str(tmp_path / "plain"), "--method", "plain",
+                "--vocab-size", "1200", "--parity-eval", str(PARITY_DEV), "--no-shards", "--quiet"]) == 0
     rd = RunDir(run)
+    stats = json.loads((rd.tokenizer / "train_stats.json").read_text())
+    assert stats["steered_merges"] > 0 and stats["parity_dev"].startswith("shipped")
+    ours = json.loads((rd.tokenizer / "parity.json").read_text())
+    plain = json.loads((tmp_path / "plain" / "parity.json").read_text())
+    assert ours["max_premium"] < plain["max_premium"] - 0.05, (ours["max_premium"], plain["max_premium"])
     meta = read_json(rd.tokens / "meta.json")
     assert "tokenizer" in json.dumps(meta)
     ids = np.fromfile(rd.tokens / "train" / "ell.ds", dtype="<u4")
