@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--method", choices=["parity", "plain"], default="parity",
                        help="parity-aware BPE (default) or plain frequency BPE (HF tokenizers' trainer)")
     train.add_argument("--target", type=float, default=None,
-                       help="parity: steer merges while the worst language's dev premium exceeds this (default 1.23)")
+                       help="parity: steer merges while the worst language's dev premium exceeds this (default 1.27)")
     train.add_argument("--warmup", type=int, default=None, help="parity: merges by global frequency before steering")
     train.add_argument("--share", type=float, default=None, help="parity: weight of the other languages' counts "
                        "when ranking the worst language's pairs (default 2)")
