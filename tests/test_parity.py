@@ -28,8 +28,11 @@ def reports():
     corpus = build_corpus(docs)  # both train on every NTREX line; ours is steered by the shipped dev set
     flores = read_folder(FLORES)
     out = {}
+    # aligned NTREX (all Greek text kept) needs a little less steering than the product path's run text for the same
+    # English cost: at the default target 1.27 this gives 3.1% English loss; the acceptance (product path:
+    # 1.289 at 2.64%) is measured by benchmarks/tokenizer_parity.py
     for method in ("plain", "parity"):
-        tok, _ = train_tokenizer(corpus, TokenizerConfig(vocab_size=32000, method=method), progress=False)
+        tok, _ = train_tokenizer(corpus, TokenizerConfig(vocab_size=32000, method=method, target=1.28), progress=False)
         out[method] = parity_report(tok, flores)
     return out
 

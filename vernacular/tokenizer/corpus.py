@@ -1,9 +1,9 @@
-"""Training text for the tokenizer: per-language documents, a language-balanced sample and a held-out dev slice.
+"""Training text for the tokenizer: per-language documents, a language-balanced sample and the parity dev set.
 
-Two sources: a folder of `<iso639-3>.txt` files (one document per line), or a run directory's cleaned text
-(`vernacular.data.text.iter_texts`). A folder whose files all have the same number of lines is treated as *aligned*
-(line i is the same sentence in every language, like NTREX or FLORES): then equal lines mean equal content, and the
-parity-aware trainer can compare raw token counts of the dev slice across languages.
+Two sources of training text: a folder of `<iso639-3>.txt` files (one document per line), or a run directory's
+cleaned text (`vernacular.data.text.iter_texts`). A folder whose files all have the same number of lines is *aligned*
+(line i is the same sentence in every language, like NTREX): it is balanced by content already. The dev set that
+steers parity-aware merges is separate and always multi-parallel: the one shipped in `parity_dev/` or the user's.
 """
 
 from __future__ import annotations
