@@ -113,7 +113,8 @@ def test_documents_in_equals_kept_plus_removed(run):
     for s in src.values():
         for lang, e in s["languages"].items():
             assert e["balanced"], (lang, e)
-            assert e["documents_in"] == e["documents_kept"] + sum(sum(r.values()) for r in e["removed"].values())
+            assert e["documents_in"] == (e["documents_kept"] + sum(sum(r.values()) for r in e["removed"].values())
+                                         + sum(e["quarantined"].values()))
 
 
 def test_malformed_records_are_quarantined_with_location(run):
@@ -145,6 +146,7 @@ def test_duplicates_language_and_optout_removed_with_reason(run):
     assert loc["web.jsonl:27"] == "lang-mismatch"
     steps = Counter(r["metadata"]["step"] for r in rejects(rd))
     assert {"quarantine", "language", "optout", "exact-dedup", "near-dedup"} <= set(steps)
+    assert manifest["sources"]["src"]["languages"]["deu"]["quarantined"] == {"empty": 1, "invalid-utf8": 1}
     eng = manifest["sources"]["src"]["languages"]["eng"]
     assert eng["removed"]["near-dedup"] == {"near-duplicate": 1}
     assert eng["dedup"]["near_ratio"] > 0

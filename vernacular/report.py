@@ -30,7 +30,8 @@ def _data_section(manifest: dict) -> list[str]:
     lines = ["## Data", ""]
     lines.append(
         f"{totals.get('documents_in', 0)} documents in, {totals.get('documents_kept', 0)} kept, "
-        f"{totals.get('documents_removed', 0)} removed (counts balance: {totals.get('balanced')})."
+        f"{totals.get('documents_removed', 0)} removed, {totals.get('documents_quarantined', 0)} quarantined "
+        f"(counts balance: {totals.get('balanced')})."
     )
     reasons: dict[str, int] = {}
     lines += ["", "| source | language | licence | docs in | kept | removed | train tokens | val tokens |",

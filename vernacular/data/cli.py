@@ -80,11 +80,19 @@ def main(args: argparse.Namespace) -> int:
         return 2
     run.record_stage("data", config_record(cfg))
 
-    _print_table(summary_rows(manifest), ("source", "lang", "in", "kept", "train", "val", "removed", "top reasons"))
+    _print_table(summary_rows(manifest), ("source", "lang", "in", "kept", "train", "val", "removed", "quarantined",
+                                          "top reasons"))
     t = manifest["totals"]
-    print(f"\n{t['documents_in']} documents in = {t['documents_kept']} kept + {t['documents_removed']} removed "
-          f"({'balanced' if t['balanced'] else 'NOT BALANCED'}); {t['bytes_kept'] / 1e6:.2f} MB kept")
+    print(f"\n{t['documents_in']} documents in = {t['documents_kept']} kept + {t['documents_removed']} removed + "
+          f"{t['documents_quarantined']} quarantined ({'balanced' if t['balanced'] else 'NOT BALANCED'}); "
+          f"{t['bytes_kept'] / 1e6:.2f} MB kept")
     print(f"text: {run.text}\nrejects: {run.rejects}\nmanifest: {run.manifest}")
+    if damaged := manifest["damaged_inputs"]:
+        print(f"warning: {len(damaged)} damaged input file(s); what was read before the damage is kept, the damage is "
+              f"quarantined in {run.rejects / 'quarantine'}:", file=sys.stderr)
+        for d in damaged:
+            at = f" (compressed byte {d['offset']})" if d.get("offset") is not None else ""
+            print(f"  {d['location']}{at}: {d['reason']}", file=sys.stderr)
 
     tokenizer = Path(args.tokenizer) if args.tokenizer else run.tokenizer / "tokenizer.json"
     if tokenizer.is_dir():

@@ -16,6 +16,8 @@ from vernacular.data.robots import domain_of
 from vernacular.run import RunDir, read_json, write_json
 
 TOP_DOMAINS = 10
+# quarantine reasons for damaged input files (as opposed to one bad record): listed in the manifest and warned about
+DAMAGE_REASONS = ("truncated-", "corrupt-", "bad-parquet", "unreadable")
 
 
 def iter_jsonl_gz(folder: Path):
@@ -35,7 +37,7 @@ def temperature_weights(sizes: dict[str, float], alpha: float) -> dict[str, floa
 def _lang_entry() -> dict:
     return {"documents_in": 0, "bytes_in": 0, "documents_kept": 0, "bytes_kept": 0,
             "kept": {"train": {"documents": 0, "bytes": 0}, "val": {"documents": 0, "bytes": 0}},
-            "removed": defaultdict(Counter), "pii_redactions": Counter(), "domains": Counter()}
+            "removed": defaultdict(Counter), "quarantined": Counter(), "pii_redactions": Counter(), "domains": Counter()}
 
 
 def build_manifest(run: RunDir, cfg, timings: dict[str, float] | None = None) -> dict:
@@ -49,11 +51,18 @@ def build_manifest(run: RunDir, cfg, timings: dict[str, float] | None = None) ->
                 e = by_source[source][lang]
                 e["documents_in"] += docs
                 e["bytes_in"] += nbytes
-    # removed documents keep the language they were read with (`declared`), so in = kept + removed per language
+    # removed documents keep the language they were read with (`declared`), so in = kept + removed + quarantined
+    damaged = []
     for rec in iter_jsonl_gz(run.rejects):
         meta = rec.get("metadata", {})
         e = by_source[meta.get("source", "?")][meta.get("declared_lang") or meta.get("lang") or "und"]
-        e["removed"][meta["step"]][meta["reason"]] += 1
+        if meta["step"] == "quarantine":
+            e["quarantined"][meta["reason"].split(":")[0]] += 1
+            if meta["reason"].startswith(DAMAGE_REASONS):
+                damaged.append({"source": meta.get("source"), "location": meta.get("location"),
+                                "offset": meta.get("offset"), "reason": meta["reason"]})
+        else:
+            e["removed"][meta["step"]][meta["reason"]] += 1
     for rec in iter_jsonl_gz(run.text):
         meta = rec["metadata"]
         e = by_source[meta["source"]][meta.get("declared_lang") or meta["lang"]]
@@ -76,14 +85,17 @@ def build_manifest(run: RunDir, cfg, timings: dict[str, float] | None = None) ->
         for lang, e in sorted(langs.items()):
             removed = {step: dict(sorted(r.items())) for step, r in sorted(e["removed"].items())}
             n_removed = sum(sum(r.values()) for r in removed.values())
+            n_quarantined = sum(e["quarantined"].values())
+            contaminated = sum(removed.get("decontamination", {}).values())
             exact = sum(removed.get("exact-dedup", {}).values())
             near = sum(removed.get("near-dedup", {}).values())
             before_dedup = e["documents_kept"] + exact + near
             out_langs[lang] = {
                 "documents_in": e["documents_in"], "bytes_in": e["bytes_in"],
                 "documents_kept": e["documents_kept"], "bytes_kept": e["bytes_kept"], "kept": e["kept"],
-                "documents_removed": n_removed, "removed": removed,
-                "balanced": e["documents_in"] == e["documents_kept"] + n_removed,
+                "documents_removed": n_removed, "removed": removed, "documents_quarantined": n_quarantined,
+                "quarantined": dict(sorted(e["quarantined"].items())), "contaminated": contaminated,
+                "balanced": e["documents_in"] == e["documents_kept"] + n_removed + n_quarantined,
                 "dedup": {"exact_removed": exact, "near_removed": near,
                           "exact_ratio": exact / before_dedup if before_dedup else 0.0,
                           "near_ratio": near / before_dedup if before_dedup else 0.0},
@@ -93,7 +105,8 @@ def build_manifest(run: RunDir, cfg, timings: dict[str, float] | None = None) ->
             if lang != "und":
                 lang_train_bytes[lang] += e["kept"]["train"]["bytes"]
             totals.update(documents_in=e["documents_in"], documents_kept=e["documents_kept"],
-                          documents_removed=n_removed, bytes_in=e["bytes_in"], bytes_kept=e["bytes_kept"])
+                          documents_removed=n_removed, documents_quarantined=n_quarantined,
+                          contaminated=contaminated, bytes_in=e["bytes_in"], bytes_kept=e["bytes_kept"])
         sources_out[source] = {
             **({k: v for k, v in spec.as_record().items()} if spec else {}),
             "declared_licence": spec.licence if spec else "unknown",
@@ -104,7 +117,9 @@ def build_manifest(run: RunDir, cfg, timings: dict[str, float] | None = None) ->
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "config": config_record(cfg),
         "stage_seconds": timings or {},
-        "totals": dict(totals) | {"balanced": totals["documents_in"] == totals["documents_kept"] + totals["documents_removed"]},
+        "totals": dict(totals) | {"balanced": totals["documents_in"] == totals["documents_kept"]
+                                  + totals["documents_removed"] + totals["documents_quarantined"]},
+        "damaged_inputs": sorted(damaged, key=lambda d: (str(d["source"]), str(d["location"]))),
         "mix": {"alpha": cfg.alpha, "basis": "train bytes (tokens once tokenized)",
                 "weights": temperature_weights(dict(lang_train_bytes), cfg.alpha)},
         "sources": sources_out,
@@ -114,15 +129,15 @@ def build_manifest(run: RunDir, cfg, timings: dict[str, float] | None = None) ->
 
 
 def summary_rows(manifest: dict) -> list[tuple]:
-    """(source, lang, in, kept, train, val, removed, top reasons) rows for the CLI table."""
+    """(source, lang, in, kept, train, val, removed, quarantined, top reasons) rows for the CLI table."""
     rows = []
     for source, s in manifest["sources"].items():
         for lang, e in s["languages"].items():
-            reasons = Counter()
+            reasons = Counter(e["quarantined"])
             for step, r in e["removed"].items():
                 for reason, n in r.items():
                     reasons[reason] += n
             top = ", ".join(f"{k} {v}" for k, v in reasons.most_common(3))
             rows.append((source, lang, e["documents_in"], e["documents_kept"], e["kept"]["train"]["documents"],
-                         e["kept"]["val"]["documents"], e["documents_removed"], top))
+                         e["kept"]["val"]["documents"], e["documents_removed"], e["documents_quarantined"], top))
     return rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -137,10 +138,13 @@ def parse_source(spec: str, *, licence: str | None = None, collected: str | None
             for kind in kinds]
 
 
-def _quarantined(reason: str, source: SourceSpec, location: str, text: str = "", raw: bytes | None = None) -> Document:
+def _quarantined(reason: str, source: SourceSpec, location: str, text: str = "", raw: bytes | None = None,
+                 offset: int | None = None) -> Document:
     meta = {"quarantine": reason, "source": source.name, "lang": source.lang, "location": location}
     if raw is not None:
         meta["raw_b64"] = base64.b64encode(raw).decode("ascii")
+    if offset is not None:
+        meta["offset"] = offset  # byte offset in the (compressed) file where the damage starts
     return Document(text=text, id=f"{source.name}/{location}", metadata=meta)
 
 
@@ -156,13 +160,34 @@ def _document(text: str, source: SourceSpec, location: str, record: dict | None,
     return Document(text=text, id=str(record.get("id") or f"{source.name}/{location}"), metadata=meta)
 
 
+class DamagedInput(Exception):
+    """A compressed stream that is cut short or corrupt: `reason`, and `offset`, the compressed bytes read before the
+    damage (the decompressor's own position, to its input-chunk granularity)."""
+
+    def __init__(self, reason: str, offset: int):
+        super().__init__(reason)
+        self.reason, self.offset, self.partial = reason, offset, b""
+
+
+def _unreadable(error: OSError) -> str:
+    return f"unreadable: {type(error).__name__}: {error.strerror or error}"
+
+
 class _SpecReaderMixin:
-    """Shared by the disk readers: the spec, and the relative location `file:line` recorded for every document."""
+    """Shared by the disk readers: the spec, the relative location `file:line` recorded for every document, and
+    files that cannot be opened at all (quarantined as one document: the run goes on)."""
 
     source: SourceSpec
 
     def _location(self, filepath: str, line: int | None = None) -> str:
         return filepath if line is None else f"{filepath}:{line + 1}"
+
+    def _open(self, filepath: str):
+        """The raw file, or a quarantined Document saying why it cannot be opened."""
+        try:
+            return self.data_folder.open(filepath, "rb")
+        except OSError as e:
+            return _quarantined(_unreadable(e), self.source, filepath)
 
 
 def _glob_for(kind: str) -> list[str]:
@@ -189,8 +214,16 @@ class TxtSourceReader(_SpecReaderMixin, BaseDiskReader):
 
     def read_file(self, filepath: str):
         path_lang = lang_from_path(filepath)
-        with self.data_folder.open(filepath, "rb") as f:
-            raw = f.read()
+        f = self._open(filepath)
+        if isinstance(f, Document):
+            yield f
+            return
+        try:
+            with f:
+                raw = f.read()
+        except OSError as e:
+            yield _quarantined(_unreadable(e), self.source, filepath)
+            return
         chunks = [raw] if self.source.txt_mode == "file" else raw.split(b"\n")
         if self.source.txt_mode == "line" and chunks and chunks[-1] == b"":
             chunks.pop()  # the final newline ends the last line; it does not start an empty one
@@ -208,14 +241,54 @@ class TxtSourceReader(_SpecReaderMixin, BaseDiskReader):
             yield doc
 
 
-def _binary_lines(f, chunk_size: int = 1 << 20):
-    """Lines as raw bytes from any readable stream (zstd streams are not line-iterable): decoding happens per line,
-    so one bad line cannot take its neighbours with it."""
+def _decompressed(f, filepath: str, chunk_size: int = 1 << 16):
+    """The decompressed bytes of a plain, gzip (`.gz`) or zstd (`.zst`, `.zstd`) file, chunk by chunk, with every byte
+    before any damage: raises DamagedInput where the stream is corrupt or ends inside a gzip member / zstd frame.
+    (Python's gzip module drops the whole last buffer on a cut-short file, and zstd streams may end silently.)"""
+    if filepath.endswith(".gz"):
+        kind, errors = "gzip", (zlib.error,)
+        new = lambda: zlib.decompressobj(wbits=31)  # noqa: E731
+    elif filepath.endswith((".zst", ".zstd")):
+        import zstandard
+
+        kind, errors = "zstd", (zstandard.ZstdError,)
+        new = lambda: zstandard.ZstdDecompressor().decompressobj()  # noqa: E731
+    else:
+        while chunk := f.read(chunk_size):
+            yield chunk
+        return
+    d, offset, inside = new(), 0, False
+    while chunk := f.read(4096):  # small feeds: a call that fails loses the output of at most 4 KiB of input
+        while chunk:
+            try:
+                out = d.decompress(chunk)
+            except errors as e:
+                raise DamagedInput(f"corrupt-{kind}: {e}", offset) from None
+            if out:
+                yield out
+            if d.eof:  # end of one gzip member / zstd frame: another may follow (concatenated streams)
+                rest = d.unused_data
+                offset += len(chunk) - len(rest)
+                chunk, d, inside = rest, new(), False
+            else:
+                offset += len(chunk)
+                chunk, inside = b"", True
+    if inside:
+        raise DamagedInput(f"truncated-{kind}: the file ends inside a compressed stream", offset)
+
+
+def _binary_lines(chunks):
+    """Lines as raw bytes from a stream of byte chunks: decoding happens per line, so one bad line cannot take its
+    neighbours with it. On DamagedInput the unfinished line travels with the exception (`partial`)."""
     pending = b""
-    while chunk := f.read(chunk_size):
-        pending += chunk
-        *complete, pending = pending.split(b"\n")
-        yield from complete
+    try:
+        for chunk in chunks:
+            pending += chunk
+            *complete, pending = pending.split(b"\n")
+            yield from complete
+    except DamagedInput as e:
+        e.partial = pending
+        raise
     if pending:
         yield pending
 
@@ -234,31 +307,39 @@ class JsonlSourceReader(_SpecReaderMixin, BaseDiskReader):
         if not filepath.endswith(JSONL_EXT):
             return
         path_lang = lang_from_path(filepath)
-        with self.data_folder.open(filepath, "rb", compression="infer") as f:
-            for li, line in enumerate(_binary_lines(f)):
-                loc = self._location(filepath, li)
-                line = line.rstrip(b"\r\n")
-                try:
-                    decoded = line.decode("utf-8")
-                except UnicodeDecodeError:
-                    yield _quarantined("invalid-utf8", self.source, loc, line.decode("utf-8", "backslashreplace"), line)
-                    continue
-                if not decoded.strip():
-                    yield _quarantined("empty", self.source, loc)
-                    continue
-                try:
-                    record = json.loads(decoded)
-                except json.JSONDecodeError:
-                    yield _quarantined("broken-json", self.source, loc, decoded)
-                    continue
-                if not isinstance(record, dict):
-                    yield _quarantined("broken-json", self.source, loc, decoded)
-                    continue
-                text = record.get(self.source.text_field)
-                if not isinstance(text, str):
-                    yield _quarantined("missing-text-field", self.source, loc, decoded)
-                    continue
-                yield _document(text, self.source, loc, record, path_lang)
+        f = self._open(filepath)
+        if isinstance(f, Document):
+            yield f
+            return
+        li = -1
+        try:
+            with f:
+                for li, line in enumerate(_binary_lines(_decompressed(f, filepath))):
+                    yield self._record(line, self._location(filepath, li), path_lang)
+        except DamagedInput as e:
+            yield _quarantined(e.reason, self.source, self._location(filepath, li + 1),
+                               e.partial.decode("utf-8", "backslashreplace"), e.partial, offset=e.offset)
+        except OSError as e:  # an I/O error in the middle of the file
+            yield _quarantined(_unreadable(e), self.source, self._location(filepath, li + 1))
+
+    def _record(self, line: bytes, loc: str, path_lang: str | None) -> Document:
+        line = line.rstrip(b"\r\n")
+        try:
+            decoded = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return _quarantined("invalid-utf8", self.source, loc, line.decode("utf-8", "backslashreplace"), line)
+        if not decoded.strip():
+            return _quarantined("empty", self.source, loc)
+        try:
+            record = json.loads(decoded)
+        except json.JSONDecodeError:
+            return _quarantined("broken-json", self.source, loc, decoded)
+        if not isinstance(record, dict):
+            return _quarantined("broken-json", self.source, loc, decoded)
+        text = record.get(self.source.text_field)
+        if not isinstance(text, str):
+            return _quarantined("missing-text-field", self.source, loc, decoded)
+        return _document(text, self.source, loc, record, path_lang)
 
 
 class ParquetSourceReader(_SpecReaderMixin, ParquetReader):
@@ -269,6 +350,30 @@ class ParquetSourceReader(_SpecReaderMixin, ParquetReader):
         super().__init__(folder, glob_pattern=single or "**/*.parquet", text_key=source.text_field,
                          read_metadata=True, **kwargs)
         self.source = source
+
+    def read_file(self, filepath: str):
+        """Row group by row group (datatrove's reader batches across row groups, so one damaged group would take the
+        rows before it along); a file that is not valid Parquet, or a row group that cannot be decoded, becomes one
+        quarantined document at the first row that could not be read: the rows before it are kept."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        f = self._open(filepath)
+        if isinstance(f, Document):
+            yield f
+            return
+        row = 0
+        try:
+            with f, pq.ParquetFile(f) as pqf:
+                for group in range(pqf.num_row_groups):
+                    for batch in pqf.iter_batches(batch_size=self.batch_size, row_groups=[group]):
+                        with self.track_time("batch"):
+                            documents = [self.get_document_from_dict(r, filepath, row + i)
+                                         for i, r in enumerate(batch.to_pylist())]
+                        row += len(documents)
+                        yield from documents
+        except (OSError, pa.ArrowException) as e:  # not Parquet (ArrowInvalid), a corrupt page (OSError)
+            yield _quarantined(f"bad-parquet: {e}", self.source, self._location(filepath, row))
 
     def get_document_from_dict(self, data: dict, source_file: str, id_in_file: int | str):
         loc = self._location(source_file, int(id_in_file))
