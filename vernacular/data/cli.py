@@ -31,6 +31,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="repeatable: a site's robots.txt (DOMAIN=FILE, or FILE named <domain>.txt); its URLs "
                              "disallowed for AI crawlers (GPTBot, CCBot, Google-Extended, ...) are dropped")
     parser.add_argument("--blocklist", default=None, metavar="FILE", help="domains (one per line) to drop")
+    parser.add_argument("--crawler-name", default=None, metavar="TOKEN",
+                        help="your own crawler's robots.txt user agent: a disallow for it is an opt-out too (recorded "
+                             "in the manifest for the AI Act training-data summary)")
+    parser.add_argument("--decontaminate", action="append", default=[], metavar="PATH",
+                        help="repeatable: evaluation texts (a .txt file, one text per line, or a folder of them) whose "
+                             "n-grams remove training documents as contaminated; always added: every *.txt under "
+                             "vernacular/eval/data/ (the shipped eval sets) unless --no-default-decontamination")
+    parser.add_argument("--no-default-decontamination", action="store_true",
+                        help="do not decontaminate against the shipped eval sets")
+    parser.add_argument("--decontaminate-ngrams", type=int, default=8, metavar="N",
+                        help="words per n-gram for decontamination (default 8: 99%% of FLORES sentences are longer)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run: datatrove tasks with a completion record are skipped")
     parser.add_argument("--val-fraction", type=float, default=0.05, help="held-out validation share per language")
     parser.add_argument("--min-val-docs", type=int, default=1,
                         help="per language, at least this many validation documents (moved from train)")
@@ -68,13 +81,15 @@ def main(args: argparse.Namespace) -> int:
         sources=args.source or ["demo"], licence=args.licence, collected=args.collected, text_field=args.text_field,
         txt_mode=args.txt_mode, hf_split=args.hf_split, hf_streaming=not args.no_hf_streaming, languages=languages,
         lid_min_declared_prob=args.lid_min_declared_prob, lang_thresholds=args.lang_thresholds,
-        max_doc_bytes=args.max_doc_bytes, robots=args.robots, blocklist=args.blocklist,
+        max_doc_bytes=args.max_doc_bytes, robots=args.robots, blocklist=args.blocklist, crawler_name=args.crawler_name,
+        decontaminate=args.decontaminate, decontaminate_default=not args.no_default_decontamination,
+        decont_ngrams=args.decontaminate_ngrams,
         val_fraction=args.val_fraction, min_val_docs=args.min_val_docs, alpha=args.alpha, seed=args.seed,
         tasks=args.tasks, workers=args.workers,
         progress=not args.no_progress)
     run = RunDir(args.run_dir).create()
     try:
-        manifest = run_pipeline(cfg, run)
+        manifest = run_pipeline(cfg, run, resume=args.resume)
     except (FileNotFoundError, ValueError, ImportError) as e:  # bad spec, missing file, `datasets` not installed
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -86,6 +101,8 @@ def main(args: argparse.Namespace) -> int:
     print(f"\n{t['documents_in']} documents in = {t['documents_kept']} kept + {t['documents_removed']} removed + "
           f"{t['documents_quarantined']} quarantined ({'balanced' if t['balanced'] else 'NOT BALANCED'}); "
           f"{t['bytes_kept'] / 1e6:.2f} MB kept")
+    if t.get("contaminated"):
+        print(f"{t['contaminated']} documents removed as contaminated (n-gram overlap with the eval sets)")
     print(f"text: {run.text}\nrejects: {run.rejects}\nmanifest: {run.manifest}")
     if damaged := manifest["damaged_inputs"]:
         print(f"warning: {len(damaged)} damaged input file(s); what was read before the damage is kept, the damage is "

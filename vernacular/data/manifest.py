@@ -12,7 +12,7 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from vernacular.data.robots import domain_of
+from vernacular.data.robots import domain_of, load_ai_agents
 from vernacular.run import RunDir, read_json, write_json
 
 TOP_DOMAINS = 10
@@ -123,9 +123,25 @@ def build_manifest(run: RunDir, cfg, timings: dict[str, float] | None = None) ->
         "mix": {"alpha": cfg.alpha, "basis": "train bytes (tokens once tokenized)",
                 "weights": temperature_weights(dict(lang_train_bytes), cfg.alpha)},
         "sources": sources_out,
+        "optout": {"ai_agents": load_ai_agents().record(), "crawler_name": cfg.crawler_name,
+                   "robots_sites": sorted(d for d in _robots_domains(cfg)), "blocklist": cfg.blocklist},
+        "decontamination": _decont_record(run, cfg, totals["contaminated"]),
     }
     write_json(run.manifest, manifest)
     return manifest
+
+
+def _robots_domains(cfg) -> list[str]:
+    from vernacular.data.pipeline import _robots
+
+    return list(_robots(cfg))
+
+
+def _decont_record(run: RunDir, cfg, contaminated: int) -> dict:
+    lines = run.data / "work" / "decont" / "lines.json"
+    return {"method": "word n-gram overlap (datatrove NGramsDecontFilter; index built from local eval text files)",
+            "n_grams": cfg.decont_ngrams, "eval_sets": read_json(lines) if lines.is_file() else {},
+            "documents_contaminated": contaminated}
 
 
 def summary_rows(manifest: dict) -> list[tuple]:

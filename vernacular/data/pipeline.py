@@ -1,7 +1,8 @@
 """The data pipeline as datatrove stages, and the executors that run them.
 
+    decont_index   n-gram index of the evaluation texts (1 task; empty when there are none)
     filter         readers -> input counter -> normalize -> quarantine -> language id -> quality -> TDM opt-out
-                   -> work/filtered/<rank>.jsonl.gz, exact-dedup signatures
+                   -> decontamination -> work/filtered/<rank>.jsonl.gz, exact-dedup signatures
     exact_find     datatrove ExactFindDedups (1 task)
     exact_filter   ExactDedupFilter -> work/deduped/<rank>.jsonl.gz, MinHash signatures
     minhash_buckets, minhash_cluster   datatrove MinhashDedupBuckets / MinhashDedupCluster
@@ -19,9 +20,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vernacular.data.languages import ALL_LANGUAGES
-from vernacular.run import RunDir, write_json
+from vernacular.run import RunDir, read_json, write_json
 
-STAGES: tuple[str, ...] = ("filter", "exact_find", "exact_filter", "minhash_buckets", "minhash_cluster", "final")
+# evaluation texts shipped by the eval stage (one text per line); decontaminated against by default
+EVAL_DATA_DIR = Path(__file__).resolve().parents[1] / "eval" / "data"
+
+STAGES: tuple[str, ...] = ("decont_index", "filter", "exact_find", "exact_filter", "minhash_buckets", "minhash_cluster", "final")
 
 
 @dataclass
@@ -40,6 +44,10 @@ class DataConfig:
     max_doc_bytes: int = 1_000_000
     robots: list[str] = field(default_factory=list)  # DOMAIN=FILE
     blocklist: str | None = None
+    crawler_name: str | None = None  # the lab's own crawler: a disallow for it is an opt-out too
+    decontaminate: list[str] = field(default_factory=list)  # more eval sets: .txt files or folders of them
+    decontaminate_default: bool = True  # every *.txt under vernacular/eval/data/
+    decont_ngrams: int = 8
     minhash_ngrams: int = 5
     minhash_buckets: int = 14
     minhash_hashes_per_bucket: int = 8
@@ -67,6 +75,30 @@ def resolve_sources(cfg: DataConfig):
     if len(set(zip(names, (s.kind for s in specs)))) != len(specs):
         raise ValueError(f"two sources share a name: {names}; give one `::name=...`")
     return specs
+
+
+def eval_files(cfg: DataConfig) -> list[tuple[str, str]]:
+    """(task, path) of every evaluation text file to decontaminate against: `vernacular/eval/data/**/*.txt` (task =
+    path without `.txt` relative to that folder, e.g. `flores200/deu`) unless disabled, plus each --decontaminate
+    PATH (a .txt file, or a folder searched for *.txt; task = `<folder name>/<relative path>`)."""
+    roots = [(EVAL_DATA_DIR, "")] if cfg.decontaminate_default and EVAL_DATA_DIR.is_dir() else []
+    roots += [(Path(p), Path(p).name + "/") for p in cfg.decontaminate]
+    out = {}
+    for root, prefix in roots:
+        if root.is_file():
+            out[f"{root.parent.name}/{root.stem}"] = str(root.resolve())
+        elif root.is_dir():
+            for f in sorted(root.rglob("*.txt")):
+                out[prefix + f.relative_to(root).with_suffix("").as_posix()] = str(f.resolve())
+        else:
+            raise FileNotFoundError(f"--decontaminate {str(root)!r} does not exist")
+    return sorted(out.items())
+
+
+def ai_agents(cfg: DataConfig) -> tuple[str, ...]:
+    from vernacular.data.robots import AI_USER_AGENTS
+
+    return ((cfg.crawler_name,) if cfg.crawler_name else ()) + AI_USER_AGENTS
 
 
 def _robots(cfg: DataConfig) -> dict[str, str]:
@@ -111,14 +143,19 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
 
     from vernacular.data.robots import read_blocklist
     from vernacular.data.sources import make_reader
-    from vernacular.data.steps import (EuropeanWordTokenizer, InputCounter, LanguageFilter, Normalize, OptOutFilter,
-                                       PIIRedactor, QualityFilter, Quarantine, RankJsonlReader, RejectWriter,
-                                       SplitAssigner, kept_writer, load_thresholds)
+    from vernacular.data.steps import (Decontaminate, EuropeanWordTokenizer, EvalNGramIndexer, InputCounter,
+                                       LanguageFilter, Normalize, OptOutFilter, PIIRedactor, QualityFilter, Quarantine,
+                                       RankJsonlReader, RejectWriter, SplitAssigner, kept_writer, load_thresholds)
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     work, rejects = _work(run), str(run.rejects)
+    if stage == "decont_index":
+        return [EvalNGramIndexer(eval_files(cfg), str(work / "decont"), cfg.decont_ngrams)]
     if stage == "filter":
         readers = [make_reader(s, progress=cfg.progress) for s in resolve_sources(cfg)]
+        decont = ([Decontaminate(str(work / "decont"), cfg.decont_ngrams,
+                                 exclusion_writer=RejectWriter(rejects, "decontamination", "contaminated"))]
+                  if eval_files(cfg) else [])
         return [
             *readers,
             InputCounter(str(work / "counts")),
@@ -128,7 +165,8 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
                            exclusion_writer=RejectWriter(rejects, "language")),
             QualityFilter(load_thresholds(cfg.lang_thresholds), exclusion_writer=RejectWriter(rejects, "quality")),
             OptOutFilter(_robots(cfg), read_blocklist(cfg.blocklist) if cfg.blocklist else frozenset(),
-                         exclusion_writer=RejectWriter(rejects, "optout")),
+                         agents=ai_agents(cfg), exclusion_writer=RejectWriter(rejects, "optout")),
+            *decont,
             JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", compression=None),
             ExactDedupSignature(str(work / "exact" / "sigs"), config=_exact_config()),
         ]
@@ -162,7 +200,7 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
 
 
 def stage_tasks(cfg: DataConfig, stage: str) -> int:
-    return {"exact_find": 1, "minhash_cluster": 1, "minhash_buckets": cfg.minhash_buckets}.get(stage, cfg.tasks)
+    return {"decont_index": 1, "exact_find": 1, "minhash_cluster": 1, "minhash_buckets": cfg.minhash_buckets}.get(stage, cfg.tasks)
 
 
 def make_executors(cfg: DataConfig, run_dir: str | RunDir, executor: str = "local", **executor_kwargs) -> list:
@@ -191,19 +229,40 @@ def make_executors(cfg: DataConfig, run_dir: str | RunDir, executor: str = "loca
     return out
 
 
-def run_pipeline(cfg: DataConfig, run_dir: str | RunDir) -> dict:
-    """Run every stage locally into RunDir(run_dir).data (fresh: previous text/rejects/work are replaced), then write
-    the provenance manifest and return it."""
+# settings that do not change the output: a run may be resumed with other values
+_NOT_OUTPUT = ("tasks", "workers", "progress")
+
+
+def run_pipeline(cfg: DataConfig, run_dir: str | RunDir, resume: bool = False) -> dict:
+    """Run every stage locally into RunDir(run_dir).data, then write the provenance manifest and return it.
+
+    Fresh (default): previous text/rejects/work/tokens are replaced. `resume=True`: keep them and let datatrove skip
+    every task that has its completion record (`work/logs/<stage>/completions/<rank>`); the tasks that had not
+    finished run again and overwrite their partial files, so the output equals an uninterrupted run's. The settings
+    that shape the output must be those of the interrupted run (checked against `work/config.json`)."""
     from vernacular.data.manifest import build_manifest
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     resolve_sources(cfg)  # fail fast on a bad --source, before any work
-    for path in (run.text, run.rejects, _work(run), run.tokens):
-        shutil.rmtree(path, ignore_errors=True)
+    eval_files(cfg)
+    record = {k: v for k, v in config_record(cfg).items() if k not in _NOT_OUTPUT}
+    saved = _work(run) / "config.json"
+    if resume:
+        if not saved.is_file():
+            raise FileNotFoundError(f"nothing to resume in {run.data}: no {saved.name} from an earlier run")
+        if (old := read_json(saved)) != record:
+            diff = sorted(k for k in set(old) | set(record) if old.get(k) != record.get(k))
+            raise ValueError(f"--resume: settings differ from the interrupted run's ({', '.join(diff)}); "
+                             "rerun with the same settings or without --resume")
+    else:
+        for path in (run.text, run.rejects, _work(run), run.tokens):
+            shutil.rmtree(path, ignore_errors=True)
+        write_json(saved, record)
     run.data.mkdir(parents=True, exist_ok=True)
     executors = make_executors(cfg, run, "local")
-    timings = {}
+    timings, skipped = {}, {}
     for stage, executor in zip(STAGES, executors):  # in order, so each stage's time is known
+        skipped[stage] = executor.world_size - len(executor.get_incomplete_ranks())
         t0 = time.perf_counter()
         executor.run()
         timings[stage] = round(time.perf_counter() - t0, 3)
@@ -212,6 +271,8 @@ def run_pipeline(cfg: DataConfig, run_dir: str | RunDir) -> dict:
     moved = ensure_val_documents(run, cfg.seed, cfg.min_val_docs)
     manifest = build_manifest(run, cfg, timings)
     manifest["val_documents_moved_from_train"] = moved
+    if resume:
+        manifest["resumed"] = {"completed_tasks_skipped": skipped}
     write_json(run.manifest, manifest)
     shutil.rmtree(_work(run) / "filtered", ignore_errors=True)
     shutil.rmtree(_work(run) / "deduped", ignore_errors=True)

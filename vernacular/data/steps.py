@@ -17,6 +17,7 @@ from pathlib import Path
 
 from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.decont.n_grams import NGramsDecontFilter
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.filters.gopher_quality_filter import GopherQualityFilter
 from datatrove.pipeline.filters.gopher_repetition_filter import GopherRepetitionFilter
@@ -290,6 +291,7 @@ class OptOutFilter(BaseFilter):
 
     def __init__(self, robots: dict[str, str], blocklist: frozenset[str] = frozenset(),
                  agents: tuple[str, ...] = AI_USER_AGENTS, exclusion_writer=None):
+        """`agents`: the AI crawler tokens (default: the shipped ai.robots.txt list), the lab's own crawler first."""
         super().__init__(exclusion_writer)
         self.robots = {d.lower().removeprefix("www."): RobotsTxt.parse(text) for d, text in robots.items()}
         self.blocklist = frozenset(blocklist)
@@ -306,6 +308,90 @@ class OptOutFilter(BaseFilter):
         if robots is not None and (agent := robots.opted_out(url, self.agents)):
             return False, f"robots:{agent}"
         return True
+
+
+# ---------------------------------------------------------------------------------------------------- decontamination
+
+
+def decont_config(n_grams: int):
+    """datatrove's NGramsDecontConfig: its text normalization, sha1 hashes (no xxhash dependency), n words per n-gram."""
+    from datatrove.pipeline.decont.n_grams import NGramsDecontConfig
+    from datatrove.utils.hashing import HashConfig
+
+    return NGramsDecontConfig(n_grams=n_grams, hash_config=HashConfig(precision=64, hash_fc="sha1"))
+
+
+class EvalNGramIndexer(PipelineStep):
+    """Writes datatrove's decontamination index (`<task>.index.hashes`: raw uint64 n-gram hashes, the format its
+    `NGramsDecontFilter` loads) from plain-text evaluation files, one text per line; the task is the file's path
+    relative to its root (`flores200/deu`).
+
+    datatrove's own `NGramsDecontIndexer` takes its texts from lighteval's task registry, which downloads the datasets
+    from the hub; evaluation sets that ship as local text files are indexed here the same way (datatrove's
+    `simplify_text` normalization, word n-grams, the same hash function). Lines shorter than n words have no n-gram
+    and cannot be matched: their count is written to `lines.json` for the manifest."""
+
+    type = "🦠 - DECONT"
+    name = "💥 N-grams index (local eval files)"
+
+    def __init__(self, files: list[tuple[str, str]], output_folder: str, n_grams: int):
+        super().__init__()
+        self.files = files  # (task name, path)
+        self.output_folder = output_folder
+        self.n_grams = n_grams
+
+    def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        import numpy as np
+        from datatrove.utils.hashing import create_hash_func
+        from datatrove.utils.text import ngrams, simplify_text
+
+        if data:
+            yield from data
+        config = decont_config(self.n_grams)
+        hash_func, tok = create_hash_func(config.hash_config), EuropeanWordTokenizer()
+        out = Path(self.output_folder)
+        out.mkdir(parents=True, exist_ok=True)
+        lines = {}
+        for task, path in self.files:
+            hashes, n_lines, short = set(), 0, 0
+            for line in Path(path).read_text(encoding="utf-8").splitlines():
+                words = tok.word_tokenize(simplify_text(line, config.norm_config))
+                if not words:
+                    continue
+                n_lines += 1
+                short += len(words) < self.n_grams
+                hashes.update(hash_func(" ".join(g)) for g in ngrams(words, self.n_grams))
+                self.stat_update("eval_lines")
+            name = task.replace("/", "__").replace(" ", "_")
+            np.array(sorted(hashes), dtype=config.hash_config.np_dtype).tofile(out / f"{name}.index.hashes")
+            lines[task] = {"path": str(path), "lines": n_lines, "shorter_than_n": short, "ngrams": len(hashes)}
+        (out / "lines.json").write_text(json.dumps(lines, indent=1))
+
+
+class Decontaminate(NGramsDecontFilter):
+    """datatrove's NGramsDecontFilter with our whitespace word tokenizer (its default needs spaCy models): a
+    document sharing any n-gram with an evaluation text is removed as `contaminated`, with `contaminated_ngram` and
+    `contaminated_task` in its metadata (kept in the rejects)."""
+
+    name = "💥 decontaminate"
+
+    def __init__(self, index_folder: str, n_grams: int, exclusion_writer=None):
+        from datatrove.io import get_datafolder
+        from datatrove.utils.hashing import create_hash_func
+
+        BaseFilter.__init__(self, exclusion_writer)  # NGramsDecontFilter.__init__ would load a spaCy tokenizer
+        self.index_folder = get_datafolder(index_folder)
+        self.config = decont_config(n_grams)
+        self.language = "multilingual"
+        self._index_hashes = None
+        self.hash_func = create_hash_func(self.config.hash_config)
+        self.tokenizer = EuropeanWordTokenizer()
+
+    def filter(self, doc: Document):
+        keep = super().filter(doc)
+        if keep is not True:
+            doc.metadata["contaminated_task"] = doc.metadata["contaminated_task"].replace("__", "/")
+        return keep
 
 
 def doc_text(doc: Document) -> str:
