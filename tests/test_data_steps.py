@@ -34,7 +34,8 @@ def test_robots_longest_match_wildcards_and_groups():
     assert robots.can_fetch("CCBot", "https://site.eu/public/report.pdf?download=1")  # `$` anchors the end
     assert not robots.can_fetch("Google-Extended", "https://site.eu/news/today")  # /news/ is longer than /news
     assert robots.can_fetch("SomeBot", "https://site.eu/article") and not robots.can_fetch("x", "https://s.eu/private/a")
-    assert robots.opted_out("https://site.eu/article") == "GPTBot"
+    assert robots.opted_out("https://site.eu/article") == "CCBot"  # the first disallowed agent in the list's order
+    assert robots.opted_out("https://site.eu/private/x", ("SomeBot",)) == "*"  # the catch-all group applies
     tie = RobotsTxt.parse("User-agent: GPTBot\nDisallow: /page\nAllow: /page\n")
     assert tie.can_fetch("GPTBot", "https://s.eu/page")  # equal length: Allow wins (RFC 9309 2.2.2)
     assert in_blocklist("a.b.example.com", frozenset({"example.com"})) and not in_blocklist("example.co", frozenset({"example.com"}))

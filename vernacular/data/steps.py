@@ -22,12 +22,12 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.filters.gopher_quality_filter import GopherQualityFilter
 from datatrove.pipeline.filters.gopher_repetition_filter import GopherRepetitionFilter
 from datatrove.pipeline.formatters.base import BaseFormatter
-from datatrove.pipeline.formatters.pii import PIIFormatter
 from datatrove.pipeline.readers.jsonl import JsonlReader
 from datatrove.pipeline.writers.jsonl import JsonlWriter
 from datatrove.utils.word_tokenizers import WordTokenizer
 
 from vernacular.data.languages import ALL_LANGUAGES, LANGID_LABEL, from_langid_label
+from vernacular.data.pii import iban_valid, redact  # noqa: F401 (iban_valid: re-exported)
 from vernacular.data.robots import AI_USER_AGENTS, RobotsTxt, domain_of, in_blocklist
 
 
@@ -402,70 +402,25 @@ def doc_text(doc: Document) -> str:
 # ---------------------------------------------------------------------------------------------------- PII
 
 
-def iban_valid(candidate: str) -> bool:
-    """ISO 13616 check: move the first four characters to the end, letters to numbers, mod 97 must be 1."""
-    s = candidate.replace(" ", "").upper()
-    if not 15 <= len(s) <= 34 or not s[:2].isalpha() or not s[2:4].isdigit():
-        return False
-    digits = "".join(str(int(ch, 36)) for ch in s[4:] + s[:4])
-    return int(digits) % 97 == 1
-
-
-_DATE_LIKE = re.compile(r"^\(?\d{1,4}[./-]\d{1,2}[./-]\d{1,4}\)?$")
-
-
-def phone_valid(candidate: str) -> bool:
-    n_digits = sum(ch.isdigit() for ch in candidate)
-    if candidate.startswith(("+", "00")):
-        return 8 <= n_digits <= 15
-    return 9 <= n_digits <= 13 and not _DATE_LIKE.match(candidate.strip())
-
-
-class PIIRedactor(PIIFormatter):
-    """datatrove's PIIFormatter (emails, public IPs) plus IBANs (checksum-validated) and phone numbers.
-
-    Each match becomes a placeholder (`<email-pii>`, `<ip-pii>`, `<iban-pii>`, `<phone-pii>`); counts per document
-    go to `metadata["pii"]` for the manifest."""
+class PIIRedactor(BaseFormatter):
+    """PII redaction (`vernacular.data.pii`): e-mails, public IPv4/IPv6 addresses, checksum-valid IBANs and phone
+    numbers valid for the document language's countries (libphonenumber). Each match becomes a placeholder
+    (`<email-pii>`, `<ip-pii>`, `<iban-pii>`, `<phone-pii>`); counts per document go to `metadata["pii"]` for the
+    manifest. Replaces datatrove's PIIFormatter, whose patterns take `version 1.2.3.4` for an IP and `python@3.11`
+    for an e-mail address."""
 
     name = "🕵 PII"
 
-    IBAN = r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b"
-    PHONE = (r"(?<![\w+])(?:(?:\+|00)[1-9]\d{0,2}[ ./-]?(?:\(0\)[ ./-]?)?(?:\(?\d{1,5}\)?[ ./-]?){1,5}\d{2,5}"
-             r"|\(?0\d{1,4}\)?[ ./-]?\d{2,4}(?:[ ./-]?\d{2,4}){1,3})(?![\w])")
-
-    def __init__(self):
-        super().__init__(email_replacement="<email-pii>", ip_replacement="<ip-pii>")
-        self.patterns = [
-            ("email", self.emails_replacer.regex, None, "<email-pii>"),
-            ("iban", re.compile(self.IBAN), iban_valid, "<iban-pii>"),
-            ("ip", self.ip_replacer.regex, self.ip_replacer.validator, "<ip-pii>"),
-            ("phone", re.compile(self.PHONE), phone_valid, "<phone-pii>"),
-        ]
-
-    def redact(self, text: str) -> tuple[str, Counter]:
-        counts: Counter = Counter()
-        for kind, regex, validator, placeholder in self.patterns:
-            # digit groups of an IBAN-shaped string that failed its checksum are not a phone number either
-            shielded = [m.span() for m in self.patterns[1][1].finditer(text)] if kind == "phone" else []
-
-            def sub(m, kind=kind, validator=validator, placeholder=placeholder, shielded=shielded):
-                if validator is not None and not validator(m.group(0)):
-                    return m.group(0)
-                if any(a < m.end() and m.start() < b for a, b in shielded):
-                    return m.group(0)
-                counts[kind] += 1
-                return placeholder
-
-            text = regex.sub(sub, text)
-        return text, counts
+    def redact(self, text: str, lang: str | None = None) -> tuple[str, dict[str, int]]:
+        return redact(text, lang)
 
     def format(self, text: str) -> str:
-        return self.redact(text)[0]
+        return redact(text)[0]
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         for doc in data:
             self.stat_update("total")
-            doc.text, counts = self.redact(doc.text)
+            doc.text, counts = redact(doc.text, doc.metadata.get("lang"))
             if counts:
                 doc.metadata["pii"] = dict(counts)
                 for kind, n in counts.items():
