@@ -150,3 +150,34 @@ def test_hub_source_through_the_pipeline_with_two_tasks(tmp_path):
     kept = [t for _, t in iter_texts(tmp_path / "run", "train")]
     assert set(kept) <= set(texts) and len(set(kept)) == len(kept) >= 38  # clean news: (almost) all kept, once
     assert manifest["totals"]["balanced"] and len(source["languages"]["deu"]["top_domains"]) == 10
+
+
+def test_hub_source_offline_fails_in_one_line_and_runs_from_a_local_mirror(tmp_path):
+    """No internet (HF_HUB_OFFLINE=1, empty cache): one line saying what could not be reached and how to proceed;
+    the documented offline path (a local mirror in the hub's parquet layout) runs through `vernacular data`."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf-home"),
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    base = [sys.executable, "-m", "vernacular", "data", "--tasks", "1", "--workers", "1", "--no-progress",
+            "--no-default-decontamination"]
+    proc = subprocess.run([*base, "--run-dir", str(tmp_path / "r1"), "--source", "hf:HuggingFaceFW/fineweb-2:deu_Latn"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: hub dataset HuggingFaceFW/fineweb-2 (config deu_Latn)")
+    assert "HF_HUB_OFFLINE=1" in lines[0] and "huggingface-cli download" in lines[0] and "hf:DIR:deu_Latn" in lines[0]
+
+    repo = tmp_path / "fineweb-2"  # what `huggingface-cli download ... --local-dir` leaves: README card + parquet
+    folder = repo / "data" / "deu_Latn" / "train"
+    folder.mkdir(parents=True)
+    sample = (Path(__file__).resolve().parent / "data" / "ntrex-sample" / "deu.txt").read_text().splitlines()[:30]
+    pq.write_table(pa.table({"text": sample, "id": [f"<urn:{i}>" for i in range(30)]}), folder / "000_00000.parquet")
+    (repo / "README.md").write_text("---\nconfigs:\n- config_name: deu_Latn\n  data_files:\n  - split: train\n"
+                                    "    path: data/deu_Latn/train/*.parquet\n---\n")
+    proc = subprocess.run([*base, "--run-dir", str(tmp_path / "r2"), "--source", f"hf:{repo}:deu_Latn"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "30 documents in = " in proc.stdout and "(balanced)" in proc.stdout

@@ -242,8 +242,10 @@ def run_pipeline(cfg: DataConfig, run_dir: str | RunDir, resume: bool = False) -
     that shape the output must be those of the interrupted run (checked against `work/config.json`)."""
     from vernacular.data.manifest import build_manifest
 
+    from vernacular.data.sources import check_hub_sources
+
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
-    resolve_sources(cfg)  # fail fast on a bad --source, before any work
+    check_hub_sources(resolve_sources(cfg))  # fail fast on a bad --source or an unreachable hub, before any work
     eval_files(cfg)
     record = {k: v for k, v in config_record(cfg).items() if k not in _NOT_OUTPUT}
     saved = _work(run) / "config.json"

@@ -407,6 +407,53 @@ class HubSourceReader(HuggingFaceDatasetReader):
         return _document(text, self.source, loc, data, self.config_lang)
 
 
+class HubUnreachable(ValueError):
+    """A hub source that can be neither streamed nor found in the local cache (no internet, or not downloaded)."""
+
+
+def _hub_host() -> tuple[str, int]:
+    import os
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    return url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+
+
+def check_hub_sources(specs: list[SourceSpec], timeout: float = 5.0) -> None:
+    """Fail fast, in one line, when a hub source cannot be read: before the workers start (whose datatrove logs would
+    bury the cause under retries and tracebacks). A source that is a local folder (a mirror in the hub's layout) is
+    read as such; with `HF_HUB_OFFLINE=1` the dataset must be in the local `datasets` cache; otherwise the hub must be
+    reachable (one TCP connection, `timeout` seconds, instead of huggingface_hub's retries)."""
+    import os
+    import socket
+
+    remote = [s for s in specs if s.kind == "hf" and not Path(s.location).expanduser().exists()]
+    if not remote:
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    for s in remote:
+        what = f"hub dataset {s.location}" + (f" (config {s.hf_config})" if s.hf_config else "")
+        how = (f"to run without internet, download it where there is internet (`huggingface-cli download "
+               f"{s.location} --repo-type dataset --local-dir DIR`, or only `--include 'data/{s.hf_config}/*' "
+               f"README.md`) and use `--source hf:DIR{':' + s.hf_config if s.hf_config else ''}`, or load it once "
+               f"with `datasets` into the cache and rerun with HF_HUB_OFFLINE=1 --no-hf-streaming (docs/data.md)")
+        if not offline:
+            host, port = _hub_host()
+            try:
+                socket.create_connection((host, port), timeout=timeout).close()
+                continue
+            except OSError as e:
+                raise HubUnreachable(f"{what} could not be reached: no connection to {host}:{port} "
+                                     f"({getattr(e, 'strerror', None) or e}); {how}") from None
+        import datasets
+
+        try:
+            datasets.load_dataset_builder(s.location, s.hf_config)
+        except Exception as e:  # noqa: BLE001 (datasets raises ConnectionError, FileNotFoundError, ValueError, ...)
+            raise HubUnreachable(f"{what} is not in the local cache and HF_HUB_OFFLINE=1 forbids downloading it "
+                                 f"({type(e).__name__}); {how}") from None
+
+
 def make_reader(source: SourceSpec, *, progress: bool = False):
     if source.kind in ("txt", "demo"):
         return TxtSourceReader(source, file_progress=progress)
