@@ -1,8 +1,11 @@
 """Data pipeline throughput on NTREX-128 (30 languages), and near-dedup: datatrove MinHash vs datasketch MinHashLSH.
 
-    python benchmarks/data_pipeline.py [--corpora ../shared/corpora] [--workers 2] [--skip-pipeline]
+    python benchmarks/data_pipeline.py [--corpora ../shared/corpora] [--workers 2] [--skip-pipeline] [--skip-articles]
 
-1. The whole `vernacular data` pipeline (all six datatrove stages) on ntrex128: documents/s and MB/s.
+1. The whole `vernacular data` pipeline (all seven datatrove stages; decontamination against FLORES-200, the eval set)
+   on ntrex128 twice: one document per sentence (59,910 documents), and the sentences joined into their news articles
+   (DOCUMENT_IDS.tsv: 123 articles x 30 languages, as JSONL; web documents are long): documents/s and MB/s, each
+   next to datasketch's MinHashLSH deduplicating the same documents alone (documents/s, ratio).
 2. Near-dedup on the same text grouped into news documents (DOCUMENT_IDS.tsv: 123 articles x 30 languages), plus
    planted near-duplicates (one word changed, case and punctuation changed). Ours: datatrove's MinHash stages 1-3
    (signatures, buckets, clusters) with the pipeline's config (5-grams, 14 buckets x 8 hashes). Baseline: datasketch
@@ -24,30 +27,39 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def pipeline_throughput(corpus: Path, workers: int, tmp: Path) -> dict:
+def pipeline_throughput(source: Path, texts: list[str], workers: int, tmp: Path, flores: Path | None) -> dict:
+    """The whole pipeline on `source` (whose documents are `texts`), then datasketch alone on the same texts."""
     from vernacular.data.pipeline import DataConfig, run_pipeline
 
-    files = sorted(corpus.glob("*.txt"))
-    n_bytes = sum(f.stat().st_size for f in files)
-    n_docs = sum(f.read_bytes().count(b"\n") for f in files)
-    cfg = DataConfig(sources=[str(corpus)], tasks=workers, workers=workers, progress=False)
+    n_docs, n_bytes = len(texts), sum(len(t.encode("utf-8")) for t in texts)
+    cfg = DataConfig(sources=[str(source)], tasks=workers, workers=workers, progress=False,
+                     decontaminate=[str(flores)] if flores else [], decontaminate_default=False)
     t0 = time.perf_counter()
     manifest = run_pipeline(cfg, tmp / "run")
     dt = time.perf_counter() - t0
     assert manifest["totals"]["balanced"] and manifest["totals"]["documents_in"] == n_docs
+    t_base, _ = datasketch_minhash(texts)
     return {"documents": n_docs, "bytes": n_bytes, "seconds": dt, "docs_per_s": n_docs / dt,
             "mb_per_s": n_bytes / 1e6 / dt, "kept": manifest["totals"]["documents_kept"],
-            "stage_seconds": manifest["stage_seconds"]}
+            "contaminated": manifest["totals"].get("contaminated", 0), "stage_seconds": manifest["stage_seconds"],
+            "datasketch_seconds": t_base, "datasketch_docs_per_s": n_docs / t_base,
+            "ratio_pipeline_over_datasketch": (n_docs / dt) / (n_docs / t_base)}
 
 
-def dedup_documents(corpus: Path, seed: int = 0) -> tuple[list[str], set[tuple[int, int]]]:
+def articles(corpus: Path) -> dict[str, list[str]]:
+    """NTREX sentences joined into their news articles, per language (DOCUMENT_IDS.tsv gives each line's article)."""
     ids = (corpus / "DOCUMENT_IDS.tsv").read_text().splitlines()
-    docs = []
+    out = {}
     for f in sorted(corpus.glob("*.txt")):
         grouped = defaultdict(list)
         for doc_id, line in zip(ids, f.read_text(encoding="utf-8").splitlines()):
             grouped[doc_id].append(line)
-        docs.extend(" ".join(v) for v in grouped.values())
+        out[f.stem] = [" ".join(v) for v in grouped.values()]
+    return out
+
+
+def dedup_documents(corpus: Path, seed: int = 0) -> tuple[list[str], set[tuple[int, int]]]:
+    docs = [d for docs in articles(corpus).values() for d in docs]
     rng = random.Random(seed)
     planted = set()
     for i in rng.sample(range(len(docs)), len(docs) // 10):
@@ -114,17 +126,36 @@ def main() -> None:
     ap.add_argument("--corpora", default=str(ROOT.parent / "shared" / "corpora"))
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--skip-pipeline", action="store_true")
+    ap.add_argument("--skip-sentences", action="store_true")
+    ap.add_argument("--skip-articles", action="store_true")
     args = ap.parse_args()
     corpus = Path(args.corpora) / "ntrex128"
+    flores = Path(args.corpora) / "flores200-sib"
     tmp = Path(tempfile.mkdtemp(prefix="vernacular-bench-"))
     results = {}
+
+    def report(name: str, r: dict) -> None:
+        results[name] = r
+        print(f"pipeline on {name}: {r['documents']} docs, {r['bytes'] / 1e6:.2f} MB in {r['seconds']:.1f} s -> "
+              f"{r['docs_per_s']:.0f} docs/s, {r['mb_per_s']:.3f} MB/s ({r['kept']} kept, {r['contaminated']} "
+              f"contaminated); datasketch MinHashLSH alone: {r['datasketch_docs_per_s']:.0f} docs/s; "
+              f"pipeline / datasketch = {r['ratio_pipeline_over_datasketch']:.2f}x")
+        print("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_seconds"].items()))
+
     try:
-        if not args.skip_pipeline:
-            r = pipeline_throughput(corpus, args.workers, tmp)
-            results["pipeline"] = r
-            print(f"pipeline: {r['documents']} docs, {r['bytes'] / 1e6:.2f} MB in {r['seconds']:.1f} s -> "
-                  f"{r['docs_per_s']:.0f} docs/s, {r['mb_per_s']:.2f} MB/s ({r['kept']} kept)")
-            print("  seconds per stage: " + ", ".join(f"{k} {v:.1f}" for k, v in r["stage_seconds"].items()))
+        if not args.skip_pipeline and not args.skip_sentences:
+            texts = [t for f in sorted(corpus.glob("*.txt")) for t in f.read_text(encoding="utf-8").splitlines()]
+            report("sentences", pipeline_throughput(corpus, texts, args.workers, tmp / "s", flores))
+        if not args.skip_pipeline and not args.skip_articles:
+            src = tmp / "articles"
+            src.mkdir(parents=True)
+            texts = []
+            for lang, docs in articles(corpus).items():
+                with open(src / f"{lang}.jsonl", "w", encoding="utf-8") as f:
+                    for d in docs:
+                        f.write(json.dumps({"text": d}, ensure_ascii=False) + "\n")
+                texts += docs
+            report("articles", pipeline_throughput(src, texts, args.workers, tmp / "a", flores))
         docs, planted = dedup_documents(corpus)
         t_ours, p_ours = datatrove_minhash(docs, tmp / "mh")
         t_base, p_base = datasketch_minhash(docs)
