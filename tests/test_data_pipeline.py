@@ -225,14 +225,14 @@ def test_cli_end_to_end_prints_summary(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "vernacular", "data", "--run-dir", str(tmp_path / "run"), "--source",
                            str(src), "--tasks", "2", "--workers", "2"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "100 documents in = " in proc.stdout and "(balanced)" in proc.stdout
+    assert "100 documents in = " in proc.stdout and "(balanced)" in proc.stdout and "0 quarantined" in proc.stdout
     assert "ell" in proc.stdout and "fin" in proc.stdout and "top reasons" in proc.stdout
     rd = RunDir(tmp_path / "run")
     assert rd.read_config()["data"]["sources"] == [str(src)]
     manifest = read_json(rd.manifest)
     assert manifest["sources"]["corpus"]["declared_licence"] == "unknown"
-    assert set(manifest["stage_seconds"]) == {"filter", "exact_find", "exact_filter", "minhash_buckets",
-                                              "minhash_cluster", "final"}
+    assert set(manifest["stage_seconds"]) == {"decont_index", "filter", "exact_find", "exact_filter",
+                                              "minhash_buckets", "minhash_cluster", "final"}
     assert {lang for lang, _ in iter_texts(rd)} == {"ell", "fin"}
 
 
@@ -252,7 +252,7 @@ def test_same_pipeline_builds_slurm_executors(tmp_path):
     cfg = DataConfig(sources=[str(src)], tasks=4)
     executors = make_executors(cfg, tmp_path / "run", "slurm", partition="cpu", time="01:00:00")
     assert all(isinstance(e, SlurmPipelineExecutor) for e in executors)
-    assert [e.world_size for e in executors] == [4, 1, 4, 14, 1, 4]
+    assert [e.world_size for e in executors] == [1, 4, 1, 4, 14, 1, 4]
     assert executors[-1].depends is executors[-2]
     assert [type(s).__name__ for s in build_pipeline(cfg, tmp_path / "run", "final")] == [
         "RankJsonlReader", "MinhashDedupFilter", "PIIRedactor", "SplitAssigner", "JsonlWriter"]
