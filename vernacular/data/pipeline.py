@@ -145,7 +145,8 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
     from vernacular.data.sources import make_reader
     from vernacular.data.steps import (Decontaminate, EuropeanWordTokenizer, EvalNGramIndexer, InputCounter,
                                        LanguageFilter, Normalize, OptOutFilter, PIIRedactor, QualityFilter, Quarantine,
-                                       RankJsonlReader, RejectWriter, SplitAssigner, kept_writer, load_thresholds)
+                                       RankJsonlReader, RejectWriter, SplitAssigner, document_dict, kept_writer,
+                                       load_thresholds)
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     work, rejects = _work(run), str(run.rejects)
@@ -167,7 +168,7 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
             OptOutFilter(_robots(cfg), read_blocklist(cfg.blocklist) if cfg.blocklist else frozenset(),
                          agents=ai_agents(cfg), exclusion_writer=RejectWriter(rejects, "optout")),
             *decont,
-            JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", compression=None),
+            JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", compression=None, adapter=document_dict),
             ExactDedupSignature(str(work / "exact" / "sigs"), config=_exact_config()),
         ]
     if stage == "exact_find":
@@ -177,7 +178,7 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
             RankJsonlReader(str(work / "filtered")),
             ExactDedupFilter(str(work / "exact" / "dups"), config=_exact_config(),
                              exclusion_writer=RejectWriter(rejects, "exact-dedup", "exact-duplicate")),
-            JsonlWriter(str(work / "deduped"), output_filename="${rank}.jsonl", compression=None),
+            JsonlWriter(str(work / "deduped"), output_filename="${rank}.jsonl", compression=None, adapter=document_dict),
             MinhashDedupSignature(str(work / "minhash" / "sigs"), config=_minhash_config(cfg),
                                   language=EuropeanWordTokenizer()),
         ]
