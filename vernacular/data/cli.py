@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-doc-bytes", type=int, default=1_000_000, help="larger documents are quarantined")
     parser.add_argument("--robots", action="append", default=[], metavar="DOMAIN=FILE",
                         help="repeatable: a site's robots.txt (DOMAIN=FILE, or FILE named <domain>.txt); its URLs "
-                             "disallowed for AI crawlers (GPTBot, CCBot, Google-Extended, ...) are dropped")
+                             "disallowed for an AI crawler of the shipped ai.robots.txt list (or --crawler-name) are dropped")
     parser.add_argument("--blocklist", default=None, metavar="FILE", help="domains (one per line) to drop")
     parser.add_argument("--crawler-name", default=None, metavar="TOKEN",
                         help="your own crawler's robots.txt user agent: a disallow for it is an opt-out too (recorded "

@@ -25,7 +25,8 @@ from vernacular.run import RunDir, read_json, write_json
 # evaluation texts shipped by the eval stage (one text per line); decontaminated against by default
 EVAL_DATA_DIR = Path(__file__).resolve().parents[1] / "eval" / "data"
 
-STAGES: tuple[str, ...] = ("decont_index", "filter", "exact_find", "exact_filter", "minhash_buckets", "minhash_cluster", "final")
+STAGES: tuple[str, ...] = ("decont_index", "filter", "exact_find", "exact_filter", "minhash_buckets",
+                           "minhash_cluster", "final")
 
 
 @dataclass
@@ -168,7 +169,8 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
             OptOutFilter(_robots(cfg), read_blocklist(cfg.blocklist) if cfg.blocklist else frozenset(),
                          agents=ai_agents(cfg), exclusion_writer=RejectWriter(rejects, "optout")),
             *decont,
-            JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", compression=None, adapter=document_dict),
+            JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", compression=None,
+                        adapter=document_dict),
             ExactDedupSignature(str(work / "exact" / "sigs"), config=_exact_config()),
         ]
     if stage == "exact_find":
@@ -178,7 +180,8 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
             RankJsonlReader(str(work / "filtered")),
             ExactDedupFilter(str(work / "exact" / "dups"), config=_exact_config(),
                              exclusion_writer=RejectWriter(rejects, "exact-dedup", "exact-duplicate")),
-            JsonlWriter(str(work / "deduped"), output_filename="${rank}.jsonl", compression=None, adapter=document_dict),
+            JsonlWriter(str(work / "deduped"), output_filename="${rank}.jsonl", compression=None,
+                        adapter=document_dict),
             MinhashDedupSignature(str(work / "minhash" / "sigs"), config=_minhash_config(cfg),
                                   language=EuropeanWordTokenizer()),
         ]
@@ -201,7 +204,8 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
 
 
 def stage_tasks(cfg: DataConfig, stage: str) -> int:
-    return {"decont_index": 1, "exact_find": 1, "minhash_cluster": 1, "minhash_buckets": cfg.minhash_buckets}.get(stage, cfg.tasks)
+    single = {"decont_index": 1, "exact_find": 1, "minhash_cluster": 1, "minhash_buckets": cfg.minhash_buckets}
+    return single.get(stage, cfg.tasks)
 
 
 def make_executors(cfg: DataConfig, run_dir: str | RunDir, executor: str = "local", **executor_kwargs) -> list:
@@ -242,7 +246,6 @@ def run_pipeline(cfg: DataConfig, run_dir: str | RunDir, resume: bool = False) -
     finished run again and overwrite their partial files, so the output equals an uninterrupted run's. The settings
     that shape the output must be those of the interrupted run (checked against `work/config.json`)."""
     from vernacular.data.manifest import build_manifest
-
     from vernacular.data.sources import check_hub_sources
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)

@@ -11,7 +11,7 @@ import json
 import re
 import tomllib
 import unicodedata
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
