@@ -146,7 +146,9 @@ def test_duplicates_language_and_optout_removed_with_reason(run):
     assert loc["web.jsonl:27"] == "lang-mismatch"
     steps = Counter(r["metadata"]["step"] for r in rejects(rd))
     assert {"quarantine", "language", "optout", "exact-dedup", "near-dedup"} <= set(steps)
-    assert manifest["sources"]["src"]["languages"]["deu"]["quarantined"] == {"empty": 1, "invalid-utf8": 1}
+    langs = manifest["sources"]["src"]["languages"]
+    assert langs["deu"]["quarantined"] == {"empty": 1}  # the undecodable lines have no language: counted as `und`
+    assert langs["und"]["quarantined"]["invalid-utf8"] == 2 and langs["und"]["quarantined"]["broken-json"] == 1
     eng = manifest["sources"]["src"]["languages"]["eng"]
     assert eng["removed"]["near-dedup"] == {"near-duplicate": 1}
     assert eng["dedup"]["near_ratio"] > 0
