@@ -92,5 +92,7 @@ def test_optout_and_decontamination_through_the_cli(tmp_path, capsys):
     assert manifest["sources"]["web"]["languages"]["eng"]["contaminated"] == 1
     assert manifest["optout"]["crawler_name"] == "VernacularBot"
     assert manifest["optout"]["ai_agents"]["agents"] >= 100 and len(manifest["optout"]["ai_agents"]["commit"]) == 40
+    assert manifest["optout"]["agents"][:2] == ["VernacularBot", "AddSearchBot"]  # own crawler first, then the list
+    assert "738c80d" in manifest["optout"]["list_version"]
     decont = manifest["decontamination"]
     assert decont["n_grams"] == 8 and decont["eval_sets"]["flores-sample/eng"]["lines"] == 5

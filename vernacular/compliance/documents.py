@@ -89,7 +89,8 @@ def _removed(manifest: dict) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
     for src in (manifest or {}).get("sources", {}).values():
         for entry in src.get("languages", {}).values():
-            for step, reasons in entry.get("removed", {}).items():
+            # the data manifest counts quarantined documents (damaged or malformed input) apart from removals
+            for step, reasons in [*entry.get("removed", {}).items(), ("quarantine", entry.get("quarantined", {}))]:
                 for reason, n in reasons.items():
                     out.setdefault(step, {})[reason] = out.setdefault(step, {}).get(reason, 0) + n
     return out

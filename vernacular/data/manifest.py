@@ -123,18 +123,22 @@ def build_manifest(run: RunDir, cfg, timings: dict[str, float] | None = None) ->
         "mix": {"alpha": cfg.alpha, "basis": "train bytes (tokens once tokenized)",
                 "weights": temperature_weights(dict(lang_train_bytes), cfg.alpha)},
         "sources": sources_out,
-        "optout": {"ai_agents": load_ai_agents().record(), "crawler_name": cfg.crawler_name,
-                   "robots_sites": sorted(d for d in _robots_domains(cfg)), "blocklist": cfg.blocklist},
+        "optout": _optout_record(cfg),
         "decontamination": _decont_record(run, cfg, totals["contaminated"]),
     }
     write_json(run.manifest, manifest)
     return manifest
 
 
-def _robots_domains(cfg) -> list[str]:
-    from vernacular.data.pipeline import _robots
+def _optout_record(cfg) -> dict:
+    """The opt-out signals honoured (for the AI Act training-content summary): the AI crawler list with its source
+    and version, every agent checked (the lab's own crawler first), robots.txt sites and blocklist."""
+    from vernacular.data.pipeline import _robots, ai_agents
 
-    return list(_robots(cfg))
+    agents = load_ai_agents()
+    version = f"ai.robots.txt {agents.source.get('commit')} ({agents.source.get('commit_date')})"
+    return {"ai_agents": agents.record(), "list_version": version, "agents": list(ai_agents(cfg)), "crawler_name": cfg.crawler_name, "robots_sites": sorted(_robots(cfg)),
+            "blocklist": cfg.blocklist}
 
 
 def _decont_record(run: RunDir, cfg, contaminated: int) -> dict:
