@@ -42,13 +42,20 @@ def outputs(run_dir: Path) -> tuple:
 
 
 def vernacular_data(tmp_path: Path, *args: str, script: str | None = None) -> tuple[int, str]:
-    """(exit status, stderr). Output goes to files: helper processes of the killed one (multiprocess's resource
-    tracker) may hold inherited pipes open for a while."""
+    """(exit status, stderr). Output goes to files: helper processes of a killed run (datatrove's multiprocess
+    Manager) outlive it and would hold inherited pipes open."""
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     cmd = [sys.executable, "-c", script] if script else [sys.executable, "-m", "vernacular", "data"]
     with open(tmp_path / "out.log", "w") as out, open(tmp_path / "err.log", "w") as err:
-        rc = subprocess.run([*cmd, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, timeout=600,
-                            cwd=tmp_path).returncode
+        proc = subprocess.Popen([*cmd, *args], stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=tmp_path,
+                                start_new_session=True)
+        try:
+            rc = proc.wait(timeout=600)
+        finally:  # a killed run leaves datatrove's multiprocess Manager process behind: end its process group
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
     return rc, (tmp_path / "err.log").read_text()[-3000:]
 
 
