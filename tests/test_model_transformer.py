@@ -85,7 +85,8 @@ def test_losses_compose_and_mtp_targets_are_shifted():
         T = 12
         h = m.model.norm(_trunk(m, ids))
         cos, sin = m.rotary(torch.arange(T)[None], h.dtype)
-        emb_ids, losses = labels.clamp_min(0), []
+        # an ignored label's embedding falls back to the next input token
+        emb_ids, losses = torch.where(labels >= 0, labels, torch.cat([ids[:, 1:], ids[:, :1]], 1)), []
         for k, mod in enumerate(m.mtp, start=1):
             e = m.model.embed_tokens(emb_ids[:, k - 1 : T - 1])
             x = mod.eh_proj(torch.cat([mod.enorm(e), mod.hnorm(h[:, : T - k])], -1))

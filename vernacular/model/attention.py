@@ -140,6 +140,16 @@ def _explicit_attention_pays(q: torch.Tensor) -> bool:
     return q.shape[-2] * dtype.itemsize <= 1024
 
 
+def document_mask(position_ids: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask [B, 1, T, T] (True = may attend) of packed documents: a document starts wherever
+    `position_ids` [B, T] restarts at 0 (the packing convention of transformers' DataCollatorWithFlattening), and each
+    token sees only the earlier tokens of its own document."""
+    doc = (position_ids == 0).cumsum(dim=1)  # [B, T]: document number of each token
+    T = position_ids.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=position_ids.device).tril_()
+    return ((doc[:, :, None] == doc[:, None, :]) & causal)[:, None]
+
+
 class MLA(nn.Module):
     def __init__(self, config: ModelConfig, layer_idx: int):
         super().__init__()
@@ -177,8 +187,12 @@ class MLA(nn.Module):
         k_pe = apply_rope(k_pe, cos, sin)
         return q_nope, q_pe, latent, k_pe
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Causal self-attention over the whole sequence (training path). cos/sin: [1 or B, T, rope]."""
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                visible: torch.Tensor | None = None) -> torch.Tensor:
+        """Causal self-attention over the whole sequence (training path). cos/sin: [1 or B, T, rope].
+
+        `visible` [B, 1, T, T] bool (True = may attend), e.g. the block-diagonal causal mask of packed documents
+        (`document_mask`); None = plain causal."""
         B, T, _ = x.shape
         q_nope, q_pe, latent, k_pe = self._project(x, cos, sin)
         kv = self.kv_b_proj(latent).view(B, T, self.n_heads, self.qk_nope_head_dim + self.v_head_dim)
@@ -187,25 +201,32 @@ class MLA(nn.Module):
         k = torch.cat([k_nope, k_pe[:, :, None].expand(-1, -1, self.n_heads, -1)], dim=-1).transpose(1, 2)
         v = v.transpose(1, 2)
         if _explicit_attention_pays(q):
-            out = self._explicit_attention(q, k, v)
+            out = self._explicit_attention(q, k, v, visible)
             return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.v_head_dim))
         d = max(self.qk_head_dim, self.v_head_dim)
         if self.qk_head_dim < d:
             q, k = F.pad(q, (0, d - self.qk_head_dim)), F.pad(k, (0, d - self.qk_head_dim))
         if self.v_head_dim < d:
             v = F.pad(v, (0, d - self.v_head_dim))
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.softmax_scale)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible, is_causal=visible is None,
+                                             scale=self.softmax_scale)
         out = out[..., : self.v_head_dim].transpose(1, 2).reshape(B, T, self.n_heads * self.v_head_dim)
         return self.o_proj(out)
 
-    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """softmax(q k^T * scale + causal mask) v as two batched GEMMs. q, k [B, nh, T, d_qk], v [B, nh, T, d_v].
+    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            visible: torch.Tensor | None = None) -> torch.Tensor:
+        """softmax(q k^T * scale + mask) v as two batched GEMMs. q, k [B, nh, T, d_qk], v [B, nh, T, d_v]; the mask
+        is causal, or `visible` [B, 1, T, T] (True = may attend) when given.
 
         The softmax takes the scores in their own dtype: the CPU kernel accumulates bf16/fp16 in fp32 and rounds once,
         the same values as an fp32 softmax cast back, without a [B*nh, T, T] fp32 round trip (attention fwd+bwd
         43 -> 24 ms at 8x256 under bf16 autocast)."""
         B, nh, T, _ = q.shape
-        mask = torch.full((T, T), float("-inf"), device=q.device, dtype=q.dtype).triu_(1)
+        if visible is None:
+            mask = torch.full((T, T), float("-inf"), device=q.device, dtype=q.dtype).triu_(1)
+        else:
+            mask = torch.zeros(visible.shape, device=q.device, dtype=q.dtype).masked_fill_(~visible, float("-inf"))
+            mask = mask.expand(B, nh, T, T).reshape(B * nh, T, T)
         scores = torch.baddbmm(mask, q.reshape(B * nh, T, -1), k.reshape(B * nh, T, -1).transpose(1, 2),
                                alpha=self.softmax_scale)  # fmt: skip
         probs = scores.softmax(dim=-1)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import MLA, CacheStep, LatentKVCache
+from .attention import MLA, CacheStep, LatentKVCache, document_mask
 from .config import ModelConfig
 from .layers import MLP, RMSNorm, RotaryEmbedding
 from .moe import MoE
@@ -53,10 +53,11 @@ class DecoderLayer(nn.Module):
         sin: torch.Tensor,
         step: CacheStep | None = None,
         want_balance_loss: bool = False,
+        visible: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         h = self.input_layernorm(x)
         if step is None:
-            x = x + self.self_attn(h, cos, sin)
+            x = x + self.self_attn(h, cos, sin, visible)
         else:
             x = x + self.self_attn.forward_cached(h, cos, sin, step)
         h = self.post_attention_layernorm(x)
@@ -87,10 +88,11 @@ class MTPModule(nn.Module):
         self.block = DecoderLayer(config, config.num_hidden_layers + depth - 1)
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 
-    def forward(self, h: torch.Tensor, emb: torch.Tensor, cos, sin, want_balance_loss: bool):
+    def forward(self, h: torch.Tensor, emb: torch.Tensor, cos, sin, want_balance_loss: bool,
+                visible: torch.Tensor | None = None):
         """h: previous depth's states [B, T', H]; emb: embeddings of the tokens k ahead [B, T', H]."""
         x = self.eh_proj(torch.cat([self.enorm(emb), self.hnorm(h)], dim=-1))
-        x, balance = self.block(x, cos, sin, want_balance_loss=want_balance_loss)
+        x, balance = self.block(x, cos, sin, want_balance_loss=want_balance_loss, visible=visible)
         return self.norm(x), balance
 
 
@@ -133,9 +135,14 @@ class Transformer(nn.Module):
         slots: torch.Tensor | None = None,
         start_pos: torch.Tensor | None = None,
         logits_at: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
     ) -> ModelOutput:
         """`logits_at` [B] (inference only): return logits [B, 1, V] at that position of each row instead of all T,
-        e.g. each prompt's last token in a padded prefill; the lm_head over every prompt token is then skipped."""
+        e.g. each prompt's last token in a padded prefill; the lm_head over every prompt token is then skipped.
+
+        `position_ids` [B, T] (without a cache): packed documents, as transformers' DataCollatorWithFlattening
+        writes them - positions restart at 0 where a document starts, and attention never crosses into another
+        document (`document_mask`), so each document's logits equal those of the document run alone."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
@@ -155,13 +162,22 @@ class Transformer(nn.Module):
         else:
             step = None
             positions = torch.arange(T, device=input_ids.device)[None]
+        visible = None
+        if position_ids is not None:
+            if cache is not None:
+                raise ValueError("position_ids are for the uncached path; the cached path takes start_pos")
+            if position_ids.shape != input_ids.shape:
+                raise ValueError(f"position_ids must match input_ids' shape {tuple(input_ids.shape)}, "
+                                 f"got {tuple(position_ids.shape)}")
+            positions = position_ids.to(input_ids.device).long()
+            visible = document_mask(positions)
 
         x = self.model.embed_tokens(input_ids)
         cos, sin = self.rotary(positions, x.dtype)
         want_balance = labels is not None and self.training and cfg.seq_aux_loss_weight > 0 and cfg.has_moe
         balance_losses = []
         for layer in self.model.layers:
-            x, bal = layer(x, cos, sin, step, want_balance)
+            x, bal = layer(x, cos, sin, step, want_balance, visible)
             if bal is not None:
                 balance_losses.append(bal)
         if logits_at is not None:
@@ -184,12 +200,15 @@ class Transformer(nn.Module):
         mtp_loss = None
         if len(self.mtp) and T > 1:
             mtp_losses = []
-            emb_ids = labels.clamp_min(0)  # ignored targets still need some embedding; their predictions are ignored
+            # the token after position t: its label, or where the label is ignored (a prompt token in fine-tuning),
+            # the next input token
+            emb_ids = torch.where(labels[:, :-1] >= 0, labels[:, :-1], input_ids[:, 1:])
             for k, module in enumerate(self.mtp, start=1):
                 if T - k < 1:
                     break
-                emb = self.model.embed_tokens(emb_ids[:, k - 1 : T - 1])
-                h, bal = module(h[:, : T - k], emb, cos[:, : T - k], sin[:, : T - k], want_balance)
+                emb = self.model.embed_tokens(emb_ids[:, k - 1 :])
+                sub = None if visible is None else visible[:, :, : T - k, : T - k]
+                h, bal = module(h[:, : T - k], emb, cos[:, : T - k], sin[:, : T - k], want_balance, sub)
                 if bal is not None:
                     balance_losses.append(bal)
                 mtp_losses.append(_cross_entropy(self.lm_head(h), labels[:, k:]))
