@@ -5,6 +5,8 @@
       data/             manifest.json, rejects/, text/, tokens/{train,val}/
       tokenizer/        tokenizer.json, tokenizer_config.json, parity.json, parity.png
       checkpoints/      step_000123/{model.safetensors, optimizer.safetensors, state.json}
+        sft/            the chat fine-tuning stage's own step_*/ checkpoints (same layout)
+      sft/              data.json (conversations read, kept, split, rejected by reason), rejects.jsonl
       metrics/          train.jsonl, eval results
       report/           report.md and its plots
       export/hf/        a transformers-loadable folder
@@ -97,6 +99,14 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def sft_checkpoints(self) -> Path:
+        return self.checkpoints / "sft"
+
+    @property
+    def sft(self) -> Path:
+        return self.root / "sft"
 
     @property
     def metrics(self) -> Path:

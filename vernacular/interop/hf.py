@@ -512,11 +512,11 @@ def import_hf(path: str | Path) -> Transformer:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path:
-    """The checkpoint named by `checkpoints/latest`, else the highest `checkpoints/step_*`."""
-    from vernacular.train.checkpoint import latest_checkpoint as newest
+    """The run's model: its newest chat fine-tuning checkpoint if any, else its newest pretraining checkpoint."""
+    from vernacular.train.checkpoint import latest_model_checkpoint
 
     run = RunDir(run_dir)
-    found = newest(run.require(run.checkpoints, "pretrain"))
+    found = latest_model_checkpoint(run.require(run.checkpoints, "pretrain").parent)
     if found is None:
         raise InteropError(f"no checkpoints/step_*/{HF_WEIGHTS} in {run.root}; run `vernacular pretrain` first")
     return found

@@ -8,7 +8,8 @@ import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--run-dir", help="run directory (serves its latest checkpoint and its tokenizer)")
+    parser.add_argument("--run-dir", help="run directory: serves its model (the latest chat fine-tuning checkpoint if "
+                        "any, else the latest pretraining checkpoint) and its tokenizer")
     parser.add_argument("--checkpoint", help="checkpoint folder, or a step (number or step_N folder) of the run")
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000)

@@ -1,7 +1,7 @@
 """Finding and loading what the server serves: a checkpoint's weights and the run's tokenizer.
 
-Three layouts are accepted, because a model reaches the server by three roads: a run directory (the latest
-`checkpoints/step_*`, or the one named by `checkpoints/latest`), a trainer checkpoint folder (`model.safetensors` +
+Three layouts are accepted, because a model reaches the server by three roads: a run directory (its newest chat
+fine-tuning checkpoint `checkpoints/sft/step_*` if it has one, else the latest `checkpoints/step_*`), a trainer checkpoint folder (`model.safetensors` +
 `state.json` with the config under "model_config" and sha256 checksums), and a folder written by `vernacular import`
 (`model.safetensors` + `config.json` holding our ModelConfig). A transformers DeepseekV3 folder (config.json with
 model_type "deepseek_v3") goes through the interop importer. Every failure names the file and what is wrong with it.
@@ -28,9 +28,10 @@ def _is_checkpoint(folder: Path) -> bool:
 
 
 def latest_checkpoint(run_dir: Path) -> Path:
-    """The run's `checkpoints/latest` pointer if present, else its highest `step_*` folder."""
+    """The run's model: its newest chat fine-tuning checkpoint if any, else its newest pretraining checkpoint
+    (`train.checkpoint.latest_model_checkpoint`)."""
     ckpts = RunDir(run_dir).checkpoints
-    found = train_checkpoint.latest_checkpoint(ckpts)
+    found = train_checkpoint.latest_model_checkpoint(run_dir)
     if found is None:
         raise CheckpointError(
             f"no checkpoint in {ckpts}: train one with `vernacular pretrain --run-dir {run_dir}` "
@@ -68,7 +69,8 @@ def find_tokenizer_dir(checkpoint: Path, run_dir: str | Path | None = None) -> P
     candidates = []
     if run_dir is not None:
         candidates.append(RunDir(run_dir).tokenizer)
-    candidates += [checkpoint, checkpoint.parent.parent / "tokenizer"]  # run/checkpoints/step_N -> run/tokenizer
+    # run/checkpoints/step_N and run/checkpoints/sft/step_N -> run/tokenizer
+    candidates += [checkpoint, checkpoint.parent.parent / "tokenizer", checkpoint.parent.parent.parent / "tokenizer"]
     for c in candidates:
         if (c / "tokenizer.json").exists():
             return c

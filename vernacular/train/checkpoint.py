@@ -212,6 +212,15 @@ def latest_checkpoint(root: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def latest_model_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint that holds a run's model, as serving and export take it: the newest chat fine-tuning checkpoint
+    (`checkpoints/sft/`) if the run has one, else the newest pretraining checkpoint; None if there is neither."""
+    from vernacular.run import RunDir
+
+    run = RunDir(run_dir)
+    return latest_checkpoint(run.sft_checkpoints) or latest_checkpoint(run.checkpoints)
+
+
 def verify_checkpoint(path: Path) -> None:
     """Raise CheckpointError naming the bad file unless sizes, sha256 and safetensors headers all check out."""
     path = Path(path)

@@ -10,26 +10,36 @@ import sys
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", required=True, help="run directory with data/tokens (and tokenizer/)")
     parser.add_argument("--config", default="tiny", help="model preset name or .toml/.json config (default: tiny)")
-    length = parser.add_argument_group("length (give --steps, --minutes or both; the first reached stops the run)")
+    add_loop_arguments(parser)
+
+
+def add_loop_arguments(parser: argparse.ArgumentParser, batch_size: int = 8, seq_len: int = 256, lr: float = 3e-3,
+                       warmup: int = 20, length_help: str = "") -> None:
+    """The options of the shared training loop (length, batch, optimizer, schedule, checkpoints, system), with the
+    defaults that differ between stages as parameters; `vernacular pretrain` and `vernacular sft` both use it."""
+    length = parser.add_argument_group("length (give --steps, --minutes or both; the first reached stops the run)"
+                                       + length_help)
     length.add_argument("--steps", type=int, default=None, help="optimizer steps")
     length.add_argument("--minutes", type=float, default=None,
                         help="wall-clock budget of the training loop; then a final eval and checkpoint")
     batch = parser.add_argument_group("batch")
-    batch.add_argument("--batch-size", type=int, default=8, help="sequences per micro-batch per rank (default: 8)")
-    batch.add_argument("--seq-len", type=int, default=256, help="tokens per sequence (default: 256)")
+    batch.add_argument("--batch-size", type=int, default=batch_size,
+                       help=f"sequences per micro-batch per rank (default: {batch_size})")
+    batch.add_argument("--seq-len", type=int, default=seq_len, help=f"tokens per sequence (default: {seq_len})")
     batch.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default: 1)")
     batch.add_argument("--tokens-per-step", type=int, default=None,
                        help="global tokens per optimizer step; sets --grad-accum from batch, seq-len and world size")
     opt = parser.add_argument_group("optimizer")
     opt.add_argument("--optimizer", choices=("muon", "adamw"), default="muon",
                      help="muon: Muon for hidden matrices + AdamW for the rest (default); adamw: AdamW for all")
-    opt.add_argument("--lr", type=float, default=3e-3, help="peak learning rate, shared by Muon and AdamW (default: 3e-3)")
+    opt.add_argument("--lr", type=float, default=lr,
+                     help=f"peak learning rate, shared by Muon and AdamW (default: {lr:g})")
     opt.add_argument("--weight-decay", type=float, default=0.1)
     opt.add_argument("--momentum", type=float, default=0.95, help="Muon momentum (default: 0.95)")
     opt.add_argument("--clip", type=float, default=1.0, help="gradient-norm clip, 0 disables (default: 1.0)")
     sched = parser.add_argument_group("schedule")
     sched.add_argument("--schedule", choices=("wsd", "cosine"), default="wsd")
-    sched.add_argument("--warmup", type=int, default=20, help="warmup steps (default: 20)")
+    sched.add_argument("--warmup", type=int, default=warmup, help=f"warmup steps (default: {warmup})")
     sched.add_argument("--decay-frac", type=float, default=0.3, help="WSD: fraction of the run spent decaying")
     sched.add_argument("--decay-shape", choices=("linear", "1-sqrt", "cosine"), default="1-sqrt")
     sched.add_argument("--min-lr-ratio", type=float, default=0.0, help="final LR / peak LR (default: 0)")
@@ -55,16 +65,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sysg.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
 
 
-def config_from_args(args: argparse.Namespace):
+def config_from_args(args: argparse.Namespace, default_steps: int = 200):
     from .optim import OptimConfig
     from .schedule import ScheduleConfig
     from .trainer import TrainConfig
 
     steps, minutes = args.steps, args.minutes
     if steps is None and minutes is None:
-        steps = 200
+        steps = default_steps
     return TrainConfig(
-        model=args.config, steps=steps, minutes=minutes, batch_size=args.batch_size, seq_len=args.seq_len,
+        model=getattr(args, "config", "tiny"), steps=steps, minutes=minutes, batch_size=args.batch_size, seq_len=args.seq_len,
         grad_accum=args.grad_accum, tokens_per_step=args.tokens_per_step,
         optim=OptimConfig(name=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, momentum=args.momentum),
         schedule=ScheduleConfig(kind=args.schedule, warmup=args.warmup, decay_frac=args.decay_frac,

@@ -21,7 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -148,32 +148,90 @@ def _sync_expert_counts(model: torch.nn.Module, info: DistInfo) -> None:
             offset += c.numel()
 
 
+@dataclass
+class Stage:
+    """What one training stage puts into the shared loop (`fit`): where its checkpoints and metrics go, its model, its
+    data and its evaluation. Pretraining (`train`) and chat fine-tuning (`vernacular.sft`) are two Stages.
+
+    - `model_config(resume_state)`: the ModelConfig to build (resume_state is the checkpoint's state.json or None).
+    - `init_weights()`: a full model state dict to start from (fine-tuning: weights only, fresh optimizer), or None
+      for the seeded random init. Not called when resuming.
+    - `make_loader(info, resume_state)`: the rank's batch source, restored from resume_state when given; its
+      `next_batch()` returns a [B, T+1] token tensor (next-token prediction) or a dict of model inputs
+      (`input_ids`, `labels`, optional `position_ids`), and it has `state_dict()` / `load_state_dict()`.
+    - `evaluate(model, info, autocast_dtype)`: validation metrics to log, e.g. {"val_bpb": {...}, "val_bpb_mean": x}.
+    """
+
+    name: str
+    checkpoints: Path
+    metrics: Path  # JSONL, one line per step and per evaluation
+    result: Path  # final JSON
+    model_config: Callable[[dict | None], Any]
+    make_loader: Callable[[DistInfo, dict | None], Any]
+    evaluate: Callable[[torch.nn.Module, DistInfo, torch.dtype | None], dict[str, Any]]
+    init_weights: Callable[[], dict[str, torch.Tensor]] | None = None
+    record: dict[str, Any] = field(default_factory=dict)  # extra entries of the stage's run.toml table
+    eval_at_start: bool = False  # also evaluate (and log at step 0) before the first step of a fresh run
+
+
 def train(run_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
     """Pretrain on RunDir(run_dir)'s token shards; returns the final metrics (also in metrics/val.json)."""
+    from vernacular.data.loader import TokenLoader, languages
+
+    run = RunDir(run_dir)
+    tokens_dir = run.require(run.tokens, "data")
+
+    def make_loader(info: DistInfo, resume_state: dict | None):
+        loader = TokenLoader(tokens_dir, split="train", batch_size=cfg.batch_size, seq_len=cfg.seq_len,
+                             rank=info.rank, world_size=info.world_size, seed=cfg.seed)
+        if resume_state is not None:
+            states = resume_state["loader"]
+            if len(states) == info.world_size:
+                loader.load_state_dict(states[info.rank])
+            else:
+                loader.load_state_dict(_reshard_loader_state(states, info))
+        return loader
+
+    val_langs = languages(tokens_dir, "val")
+
+    def evaluate(model: torch.nn.Module, info: DistInfo, autocast_dtype: torch.dtype | None) -> dict[str, Any]:
+        val = evaluate_bpb(model, tokens_dir, max_batches=cfg.eval_batches, batch_size=cfg.batch_size,
+                           seq_len=cfg.seq_len, langs=val_langs, device=info.device, autocast_dtype=autocast_dtype,
+                           rank=info.rank, world_size=info.world_size)
+        return {"val_bpb": val, "val_bpb_mean": _mean(val)}
+
+    stage = Stage(name="pretrain", checkpoints=run.checkpoints, metrics=run.metrics / "train.jsonl",
+                  result=run.metrics / "val.json",
+                  model_config=lambda resume_state: _resolve_model_config(cfg, run, resume_state),
+                  make_loader=make_loader, evaluate=evaluate)
+    return fit(run, cfg, stage)
+
+
+def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
+    """The training loop shared by every stage (see the module doc); returns the final metrics (also in
+    `stage.result`): step, tokens, train_loss, the stage's validation metrics, elapsed_s, checkpoint."""
     from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                          set_model_state_dict, set_optimizer_state_dict)
     from tqdm import tqdm
 
-    from vernacular.data.loader import TokenLoader, languages
     from vernacular.model import build_model
     from vernacular.model.info import flops_per_token
 
     info = init_distributed(cfg.device)
-    run = RunDir(run_dir)
-    tokens_dir = run.require(run.tokens, "data")
     _seed_everything(cfg.seed)
 
     # ---- resume point (every rank reads the same files; rank 0 alone prints warnings) ----
     resume_path = resume_state = None
     if cfg.resume:
-        resume_path = ckpt.find_resumable(run.checkpoints, warn=(None if info.is_main else (lambda _m: None)))
+        resume_path = ckpt.find_resumable(stage.checkpoints, warn=(None if info.is_main else (lambda _m: None)))
         if resume_path is None:
             if info.is_main:
-                print(f"no usable checkpoint in {run.checkpoints}: starting from scratch", file=sys.stderr, flush=True)
+                print(f"no usable checkpoint in {stage.checkpoints}: starting from scratch", file=sys.stderr,
+                      flush=True)
         else:
             model_sd, optim_sd, resume_state = ckpt.load_checkpoint(resume_path)
 
-    config = _resolve_model_config(cfg, run, resume_state)
+    config = stage.model_config(resume_state)
     model = build_model(config, seed=cfg.seed).to(info.device)
     model.train()
     if cfg.compile:
@@ -191,6 +249,8 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
         step, tokens_seen = resume_state["step"], resume_state["tokens"]
         elapsed_before = resume_state.get("elapsed_s", 0.0)
         ckpt.set_rng_state(resume_state["rng"])
+    elif stage.init_weights is not None:
+        set_model_state_dict(raw, stage.init_weights(), options=options)
 
     micro_tokens = cfg.batch_size * cfg.seq_len * info.world_size
     grad_accum = cfg.grad_accum
@@ -201,31 +261,23 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
         grad_accum = cfg.tokens_per_step // micro_tokens
     step_tokens = micro_tokens * grad_accum
 
-    loader = TokenLoader(tokens_dir, split="train", batch_size=cfg.batch_size, seq_len=cfg.seq_len, rank=info.rank,
-                         world_size=info.world_size, seed=cfg.seed)
-    if resume_state is not None:
-        states = resume_state["loader"]
-        if len(states) == info.world_size:
-            loader.load_state_dict(states[info.rank])
-        else:
-            loader.load_state_dict(_reshard_loader_state(states, info))
-
-    val_langs = languages(tokens_dir, "val")
+    loader = stage.make_loader(info, resume_state)
     autocast_dtype = _autocast_dtype(cfg, info.device)
     flops_tok = flops_per_token(config, cfg.seq_len)
     peak = peak_flops(info.device, cfg.peak_tflops) * info.world_size
 
     logger = None
     if info.is_main:
-        ckpt.remove_stale_temporaries(run.checkpoints)
-        logger = MetricsLogger(run.metrics / "train.jsonl", run.metrics / "tensorboard" if cfg.tensorboard else None)
+        ckpt.remove_stale_temporaries(stage.checkpoints)
+        logger = MetricsLogger(stage.metrics, run.metrics / "tensorboard" / stage.name if cfg.tensorboard else None)
         if resume_state is not None:
             logger.truncate_after(step)
             print(f"resumed from {resume_path} (step {step}, {tokens_seen:,} tokens)", file=sys.stderr, flush=True)
         else:
             logger.truncate_after(0)  # a fresh run in an old run dir must not append to a previous curve
-        run.record_stage("pretrain", {**cfg.to_dict(), "grad_accum": grad_accum, "tokens_per_step": step_tokens,
-                                      "world_size": info.world_size, "model_config": config.to_dict()})
+        run.record_stage(stage.name, {**cfg.to_dict(), **stage.record, "grad_accum": grad_accum,
+                                      "tokens_per_step": step_tokens, "world_size": info.world_size,
+                                      "model_config": config.to_dict()})
 
     budget_s = cfg.minutes * 60 if cfg.minutes else None
 
@@ -245,27 +297,32 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
         if info.is_main:
             state = {"step": s, "tokens": tokens_seen, "elapsed_s": elapsed, "rng": ckpt.rng_state(),
                      "loader": loader_states, "world_size": info.world_size, "model_config": config.to_dict(),
-                     "train_config": cfg.to_dict(), "grad_accum": grad_accum}
-            path = ckpt.save_checkpoint(run.checkpoints, s, model_state, optim_state, state, keep_last=cfg.keep_last)
+                     "train_config": cfg.to_dict(), "grad_accum": grad_accum, "stage": stage.name}
+            path = ckpt.save_checkpoint(stage.checkpoints, s, model_state, optim_state, state,
+                                        keep_last=cfg.keep_last)
         barrier(info)
         return path
 
-    def run_eval() -> dict[str, float]:
-        return evaluate_bpb(model, tokens_dir, max_batches=cfg.eval_batches, batch_size=cfg.batch_size,
-                            seq_len=cfg.seq_len, langs=val_langs, device=info.device, autocast_dtype=autocast_dtype,
-                            rank=info.rank, world_size=info.world_size)
+    def run_eval() -> dict[str, Any]:
+        return stage.evaluate(model, info, autocast_dtype)
 
     bar = None
     if info.is_main and cfg.progress:
         bar = tqdm(total=cfg.steps, initial=step if cfg.steps else 0, unit="step", dynamic_ncols=True,
-                   desc="pretrain", file=sys.stderr)
+                   desc=stage.name, file=sys.stderr)
     seg_start = time.perf_counter()
     last_saved = step if resume_state is not None else -1
     last_loss = float("nan")
-    val: dict[str, float] = {}
+    val: dict[str, Any] = {}
 
     def elapsed_now() -> float:
         return elapsed_before + time.perf_counter() - seg_start
+
+    if stage.eval_at_start and step == 0:
+        val = run_eval()
+        if info.is_main:
+            logger.log({"step": 0, "tokens": 0, **val})
+        seg_start = time.perf_counter()  # the clock (and a --minutes budget) starts with training
 
     while True:
         elapsed = elapsed_now()
@@ -279,11 +336,10 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
 
         sums = torch.zeros(4, dtype=torch.float64)  # loss, main, mtp, balance
         for micro in range(grad_accum):
-            batch = loader.next_batch().to(info.device, non_blocking=True)
-            x, y = batch[:, :-1], batch[:, 1:]
+            inputs = _model_inputs(loader.next_batch(), info.device)
             with _grad_sync(model, micro == grad_accum - 1, info):
                 with torch.autocast(info.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    out = model(x, labels=y)
+                    out = model(**inputs)
                 loss = out.main_loss
                 if out.mtp_loss is not None:
                     loss = loss + w_mtp * out.mtp_loss
@@ -326,7 +382,7 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
         if cfg.eval_every and step % cfg.eval_every == 0 and not final:
             val = run_eval()
             if info.is_main:
-                logger.log({"step": step, "tokens": tokens_seen, "val_bpb": val, "val_bpb_mean": _mean(val)})
+                logger.log({"step": step, "tokens": tokens_seen, **val})
         if cfg.save_every and step % cfg.save_every == 0 and not final:
             save(step, elapsed_now())
             last_saved = step
@@ -335,14 +391,22 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
         bar.close()
     train_elapsed = elapsed_now()
     val = run_eval()
-    path = save(step, train_elapsed) if last_saved != step else run.checkpoints / ckpt.step_dir_name(step)
-    result = {"step": step, "tokens": tokens_seen, "train_loss": last_loss, "val_bpb": val, "val_bpb_mean": _mean(val),
-              "elapsed_s": train_elapsed, "checkpoint": str(path)}
+    path = save(step, train_elapsed) if last_saved != step else stage.checkpoints / ckpt.step_dir_name(step)
+    result = {"step": step, "tokens": tokens_seen, "train_loss": last_loss, **val, "elapsed_s": train_elapsed,
+              "checkpoint": str(path)}
     if info.is_main:
-        logger.log({"step": step, "tokens": tokens_seen, "val_bpb": val, "val_bpb_mean": _mean(val)})
+        logger.log({"step": step, "tokens": tokens_seen, **val})
         logger.close()
-        write_json(run.metrics / "val.json", result)
+        write_json(stage.result, result)
     return result
+
+
+def _model_inputs(batch: torch.Tensor | dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A loader's batch as model keyword arguments: a [B, T+1] token tensor becomes next-token inputs and labels."""
+    if isinstance(batch, torch.Tensor):
+        batch = batch.to(device, non_blocking=True)
+        return {"input_ids": batch[:, :-1], "labels": batch[:, 1:]}
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
 def _mean(values: dict[str, float]) -> float | None:

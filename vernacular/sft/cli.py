@@ -1,0 +1,70 @@
+"""`vernacular sft`: argument parsing only (stdlib at import time); the stage is vernacular.sft.trainer.finetune."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vernacular.train.cli import add_loop_arguments
+
+    parser.add_argument("--run-dir", required=True, help="run directory (with tokenizer/ and a pretraining checkpoint, "
+                        "unless --init-from gives the model)")
+    parser.add_argument("--data", action="append", default=None, metavar="PATH",
+                        help="OpenAI-style chat JSONL file or folder of them, repeatable "
+                        '({"messages": [{"role": ..., "content": ...}]} per line; default: the embedded demo '
+                        "conversations)")
+    parser.add_argument("--init-from", default=None, metavar="PATH",
+                        help="start from this transformers DeepseekV3 folder (or checkpoint folder), weights only, "
+                        "instead of the run's latest pretraining checkpoint")
+    parser.add_argument("--epochs", type=float, default=2.0,
+                        help="passes over the training conversations when neither --steps nor --minutes is given "
+                        "(default: 2)")
+    parser.add_argument("--val-fraction", type=float, default=0.1,
+                        help="share of each language's conversations held out for validation (default: 0.1)")
+    parser.add_argument("--confusion-tokens", type=int, default=32,
+                        help="answer length (tokens) of the language-confusion measurement after training; 0 skips it "
+                        "(default: 32)")
+    add_loop_arguments(parser, batch_size=4, seq_len=512, lr=1e-3, warmup=5,
+                       length_help="; default: --epochs passes over the conversations")
+
+
+def main(args: argparse.Namespace) -> int:
+    from vernacular.train.cli import config_from_args
+
+    if not 0 <= args.val_fraction < 1:
+        print("error: --val-fraction must be in [0, 1)", file=sys.stderr)
+        return 2
+    try:
+        cfg = config_from_args(args, default_steps=1)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.steps is None and args.minutes is None:
+        cfg.steps = None  # finetune sets it from --epochs once the data is packed
+    from vernacular.train.distributed import shutdown
+
+    from .trainer import finetune
+
+    try:
+        result = finetune(args.run_dir, cfg, data=args.data, init_from=args.init_from, val_fraction=args.val_fraction,
+                          epochs=args.epochs, confusion_tokens=args.confusion_tokens)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"sft: step {result['step']}  tokens {result['tokens']:,}  train loss {result['train_loss']:.4f}  "
+              f"checkpoint {result['checkpoint']}")
+        if "val_loss" in result:
+            start = result.get("val_loss_start")
+            print(f"held-out assistant loss: {result['val_loss']:.4f} nats/token"
+                  + (f" (before SFT: {start:.4f})" if start is not None else ""))
+        confusion = result.get("language_confusion")
+        if confusion and confusion["line_level_pass_rate"] is not None:
+            print(f"language confusion: line-level pass rate {100 * confusion['line_level_pass_rate']:.1f}% "
+                  f"over {confusion['answers']} held-out questions")
+    return 0

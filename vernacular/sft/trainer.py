@@ -1,0 +1,197 @@
+"""`finetune(run_dir, cfg, ...)`: supervised chat fine-tuning (SFT) on the shared training loop.
+
+The stage starts from the run's newest pretraining checkpoint, or from `init_from` (a transformers DeepseekV3 folder,
+e.g. one `vernacular export hf` wrote, or a Vernacular checkpoint folder): weights only, with a fresh optimizer and
+schedule, as TRL's SFTTrainer and nanochat's chat_sft start. Everything else is `vernacular.train.trainer.fit`,
+the loop pretraining runs: the same optimizers, schedules, metrics and atomic, checksummed, bit-identically
+resumable checkpoints - written to `checkpoints/sft/`, so the pretraining checkpoints stay as they were.
+
+The loss is the next-token cross-entropy on the assistant's tokens only (each assistant turn's content and its
+end-of-turn token, `encode_chat`'s assistant mask), averaged over those tokens; conversations are packed with
+per-conversation attention (`vernacular.sft.data`). Validation is the same loss on held-out conversations, before
+training and at the end (and every `eval_every` steps); after training the language-confusion pass rate is measured
+on the held-out questions (`vernacular.sft.confusion`).
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vernacular.run import RunDir, read_json, write_json
+from vernacular.train import checkpoint as ckpt
+from vernacular.train.trainer import Stage, TrainConfig, fit
+
+from .data import IGNORE_INDEX, Dataset, PackedLoader, default_sources, expand_sources, load_conversations, pack, \
+    val_batches
+
+
+def _init_source(run: RunDir, init_from: str | Path | None) -> Path:
+    if init_from is not None:
+        if not Path(init_from).is_dir():
+            raise SystemExit(f"error: --init-from {init_from} is not a folder (a transformers DeepseekV3 folder or a "
+                             f"checkpoint folder)")
+        return Path(init_from)
+    found = ckpt.latest_checkpoint(run.checkpoints)
+    if found is None:
+        raise SystemExit(f"error: no pretraining checkpoint in {run.checkpoints}. Run `vernacular pretrain --run-dir "
+                         f"{run.root}` first, or start from a transformers model with --init-from PATH.")
+    return found
+
+
+def _tokenizer(run: RunDir, init_from: Path | None):
+    """The run's tokenizer; a run without one takes the `--init-from` folder's (copied into tokenizer/)."""
+    from vernacular.interop.hf import TOKENIZER_FILES
+    from vernacular.tokenizer import load
+
+    if not (run.tokenizer / "tokenizer.json").exists() and init_from is not None \
+            and (init_from / "tokenizer.json").exists():
+        run.tokenizer.mkdir(parents=True, exist_ok=True)
+        for name in TOKENIZER_FILES:
+            if (init_from / name).exists():
+                shutil.copyfile(init_from / name, run.tokenizer / name)
+    run.require(run.tokenizer / "tokenizer.json", "tokenizer")
+    return load(run.tokenizer)
+
+
+@torch.no_grad()
+def evaluate_loss(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]], device: torch.device | str = "cpu",
+                  autocast_dtype: torch.dtype | None = None) -> float:
+    """Mean next-token cross-entropy (nats) over every supervised (assistant) token of `batches`."""
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    nll, count = 0.0, 0
+    for batch in batches:
+        batch = {k: v.to(device) for k, v in batch.items()}
+        labels = batch.pop("labels")
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(**batch).logits
+        nll += float(F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX,
+                                     reduction="sum"))
+        count += int((labels != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return nll / count if count else float("nan")
+
+
+def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | None = None,
+             init_from: str | Path | None = None, val_fraction: float = 0.1, epochs: float | None = None,
+             confusion_tokens: int = 32) -> dict[str, Any]:
+    """Fine-tune the run's model on chat conversations; returns the final metrics (also in metrics/sft_val.json).
+
+    `data`: JSONL files or folders (default: the embedded demo conversations). `epochs`: when `cfg` gives neither
+    steps nor minutes, train this many passes over the packed training conversations. `confusion_tokens`: greedy
+    answer length for the language-confusion measurement (0 skips it). Bad records are counted by reason in
+    `sft/data.json` and written to `sft/rejects.jsonl`; a run with no usable training conversation stops with an
+    error (SystemExit)."""
+    run = RunDir(run_dir).create()
+    init_path = _init_source(run, init_from)
+    tok = _tokenizer(run, Path(init_from) if init_from is not None else None)
+    sources = expand_sources(data) if data else default_sources()
+    if not sources:
+        raise SystemExit("error: no SFT data: give --data FILE.jsonl (the embedded demo conversations are missing)")
+    ds = load_conversations(sources, tok, max_tokens=cfg.seq_len + 1, rejects_path=run.sft / "rejects.jsonl",
+                            val_fraction=val_fraction)
+    summary = ds.summary()
+    write_json(run.sft / "data.json", summary)
+    _print_data(ds, run)
+    if not ds.train:
+        raise SystemExit(f"error: no usable training conversation in {', '.join(map(str, sources))} "
+                         f"(see {run.sft / 'rejects.jsonl'})")
+
+    if cfg.steps is None and cfg.minutes is None:
+        rows = len(pack(ds.train, cfg.seq_len))
+        per_step = cfg.batch_size * cfg.grad_accum * (int(_env("WORLD_SIZE", "1")))
+        cfg.steps = max(1, math.ceil((epochs or 1.0) * rows / per_step))
+    cfg.model = str(init_path)
+
+    def model_config(resume_state: dict | None):
+        from vernacular.model import ModelConfig
+        from vernacular.serve.loading import read_model_config
+
+        if resume_state is not None:
+            return ModelConfig.from_dict(resume_state["model_config"])
+        config, layout = read_model_config(init_path)
+        if layout == "hf":
+            from vernacular.interop.hf import config_from_hf
+
+            config = config_from_hf(config)[0].to_dict()
+        config = ModelConfig.from_dict(config)
+        if config.vocab_size < tok.get_vocab_size():
+            raise SystemExit(f"error: the tokenizer has {tok.get_vocab_size()} tokens, the model in {init_path} only "
+                             f"{config.vocab_size}")
+        if config.max_position_embeddings < cfg.seq_len:
+            raise SystemExit(f"error: --seq-len {cfg.seq_len} exceeds the model's max_position_embeddings "
+                             f"{config.max_position_embeddings}")
+        return config
+
+    def init_weights() -> dict[str, torch.Tensor]:
+        from vernacular.serve.loading import load_model_for_serving
+
+        model, _ = load_model_for_serving(init_path)  # verifies the trainer's recorded checksum
+        return model.state_dict()
+
+    def make_loader(info, resume_state: dict | None):
+        loader = PackedLoader(ds.train, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=info.rank,
+                              world_size=info.world_size)
+        if resume_state is not None:
+            if resume_state["world_size"] != info.world_size:
+                raise SystemExit(f"error: the SFT checkpoint was written by {resume_state['world_size']} ranks; "
+                                 f"resume it with as many")
+            loader.load_state_dict(resume_state["loader"][info.rank])
+        return loader
+
+    held_out = val_batches(ds.val, cfg.batch_size, cfg.seq_len)
+
+    def evaluate(model, info, autocast_dtype) -> dict[str, Any]:
+        return {"val_loss": evaluate_loss(model, held_out, info.device, autocast_dtype)} if held_out else {}
+
+    stage = Stage(name="sft", checkpoints=run.sft_checkpoints, metrics=run.metrics / "sft.jsonl",
+                  result=run.metrics / "sft_val.json", model_config=model_config, make_loader=make_loader,
+                  evaluate=evaluate, init_weights=init_weights, eval_at_start=True,
+                  record={"init_from": str(init_path), "data": [str(s) for s in sources],
+                          "val_fraction": val_fraction, "conversations": {k: summary[k] for k in
+                                                                         ("train", "val", "accepted", "records")}})
+    result = fit(run, cfg, stage)
+    rows = [r for r in _read_jsonl(stage.metrics) if "val_loss" in r]
+    if rows and rows[0]["step"] == 0:
+        result["val_loss_start"] = rows[0]["val_loss"]
+    if confusion_tokens and ds.val and _env("RANK", "0") == "0":
+        from .confusion import language_confusion
+
+        result["language_confusion"] = language_confusion(result["checkpoint"], run.tokenizer, ds.val,
+                                                          max_tokens=confusion_tokens, out=run.metrics /
+                                                          "language_confusion.json")
+    if _env("RANK", "0") == "0":
+        write_json(stage.result, {**read_json(stage.result), **result})
+    return result
+
+
+def _env(name: str, default: str) -> str:
+    import os
+
+    return os.environ.get(name, default)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _print_data(ds: Dataset, run: RunDir) -> None:
+    s = ds.summary()
+    rejected = sum(s["rejected"].values())
+    print(f"sft data: {s['records']} records in {len(s['files'])} files: {s['train']} train + {s['val']} held-out "
+          f"conversations ({len(s['languages'])} languages), {s['train_tokens']:,} train tokens "
+          f"({s['train_assistant_tokens']:,} assistant)", file=sys.stderr, flush=True)
+    if rejected:
+        reasons = ", ".join(f"{r} {n}" for r, n in s["rejected"].items() if n)
+        print(f"sft data: {rejected} records rejected ({reasons}); see {run.sft / 'rejects.jsonl'}", file=sys.stderr,
+              flush=True)
