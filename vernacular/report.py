@@ -1,8 +1,8 @@
 """`vernacular report`: one Markdown page (plus PNG plots) that says what a run did.
 
 It only reads what the stages left in the run directory, so it can be rerun at any time and shows whatever stages have
-run so far: data provenance (manifest), tokenizer parity, the training curve and the per-language validation
-bits-per-byte. People would rather look than read, so the curves and the per-language figures are plots too.
+run so far: data provenance (manifest), tokenizer parity, the training curve, the per-language validation
+bits-per-byte and the chat fine-tuning (held-out loss, language confusion). People would rather look than read, so the curves and the per-language figures are plots too.
 """
 
 from __future__ import annotations
@@ -103,6 +103,44 @@ def _plot_bpb(bpb: dict[str, float], out: Path) -> None:
     plt.close(fig)
 
 
+def _sft_section(run) -> list[str]:
+    """Chat fine-tuning: the conversations used and rejected, held-out loss before/after, language confusion."""
+    from vernacular.run import read_json
+
+    lines = ["## Chat fine-tuning (SFT)", ""]
+    if (run.sft / "data.json").exists():
+        data = read_json(run.sft / "data.json")
+        rejected = {k: v for k, v in data.get("rejected", {}).items() if v}
+        lines.append(f"{data.get('records', 0)} conversations read, {data.get('train', 0)} for training and "
+                     f"{data.get('val', 0)} held out ({len(data.get('languages', {}))} languages); "
+                     f"{sum(rejected.values())} rejected"
+                     + (" (" + ", ".join(f"{k} {v}" for k, v in rejected.items()) + "; `sft/rejects.jsonl`)"
+                        if rejected else "") + ".")
+    val_path = run.metrics / "sft_val.json"
+    if not val_path.exists():
+        return lines + [""]
+    val = read_json(val_path)
+    line = f"{val.get('step')} steps, {val.get('tokens')} tokens."
+    if isinstance(val.get("val_loss"), (int, float)):
+        line += f" Held-out assistant loss: **{val['val_loss']:.4f}** nats/token"
+        if isinstance(val.get("val_loss_start"), (int, float)):
+            line += f" (before fine-tuning: {val['val_loss_start']:.4f})"
+        line += "."
+    lines += ["", line, ""]
+    confusion = val.get("language_confusion") or {}
+    rate = confusion.get("line_level_pass_rate")
+    if rate is not None:
+        lines += [f"Language confusion (line-level pass rate: the share of answers whose every line is in the "
+                  f"question's language, py3langid over the 24 EU languages; greedy answers of "
+                  f"{confusion.get('max_tokens')} tokens to {confusion.get('answers')} held-out questions): "
+                  f"**{100 * rate:.1f}%**.", "", "| language | pass rate |", "|---|---:|"]
+        lines += [f"| {lang} | {100 * r:.0f}% |" for lang, r in sorted(confusion.get("per_language", {}).items())]
+        lines += ["", "Every question and answer: `metrics/language_confusion.json`.", ""]
+        print(f"\nlanguage confusion (line-level pass rate): {100 * rate:.1f}% over {confusion.get('answers')} "
+              f"held-out questions")
+    return lines
+
+
 def write_report(run_dir: str | Path) -> Path:
     from vernacular.run import RunDir, atomic_write_bytes, read_json
 
@@ -141,6 +179,9 @@ def write_report(run_dir: str | Path) -> Path:
             for lang, value in sorted(bpb.items()):
                 print(f"  {lang}  {value:.4f}")
             print(f"  mean {mean:.4f}")
+
+    if (run.metrics / "sft_val.json").exists() or (run.sft / "data.json").exists():
+        lines += _sft_section(run)
 
     out = run.report / "report.md"
     atomic_write_bytes(out, "\n".join(lines).encode())

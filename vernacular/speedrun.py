@@ -25,6 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--config", default="tiny", help="model preset or config file (default: tiny)")
     parser.add_argument("--minutes", type=float, default=8.0, help="wall-clock budget of pretraining (default: 8)")
+    parser.add_argument("--sft-minutes", type=float, default=1.5,
+                        help="wall-clock cap of chat fine-tuning (default: 1.5; it also stops after 2 epochs)")
     parser.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary size (default: 8192)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="data-stage worker processes (default: 2)")
@@ -52,13 +54,14 @@ def main(args: argparse.Namespace) -> int:
     _run_stage(
         ["pretrain", "--run-dir", run, "--config", args.config, "--minutes", str(args.minutes), "--seed", str(args.seed)]
     )
+    _run_stage(["sft", "--run-dir", run, "--minutes", str(args.sft_minutes), "--seed", str(args.seed)])
     _run_stage(["report", "--run-dir", run])
 
     minutes = (time.perf_counter() - started) / 60
     print(
         f"\nSpeedrun finished in {minutes:.1f} min. Run directory: {run}\n"
         f"  report:        {run}/report/report.md\n"
-        f"  serve it:      vernacular serve --run-dir {run}   (then open http://127.0.0.1:8000/ to chat)\n"
+        f"  serve it:      vernacular serve --run-dir {run}   (the chat model; open http://127.0.0.1:8000/ to chat)\n"
         f"  OpenAI client: OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none')\n"
         f"  transformers:  vernacular export hf --run-dir {run} --out {run}/export/hf",
         flush=True,

@@ -20,15 +20,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start from this transformers DeepseekV3 folder (or checkpoint folder), weights only, "
                         "instead of the run's latest pretraining checkpoint")
     parser.add_argument("--epochs", type=float, default=2.0,
-                        help="passes over the training conversations when neither --steps nor --minutes is given "
-                        "(default: 2)")
+                        help="passes over the training conversations unless --steps is given; --minutes still "
+                        "stops the run earlier (default: 2)")
     parser.add_argument("--val-fraction", type=float, default=0.1,
                         help="share of each language's conversations held out for validation (default: 0.1)")
     parser.add_argument("--confusion-tokens", type=int, default=32,
                         help="answer length (tokens) of the language-confusion measurement after training; 0 skips it "
                         "(default: 32)")
     add_loop_arguments(parser, batch_size=4, seq_len=512, lr=1e-3, warmup=5,
-                       length_help="; default: --epochs passes over the conversations")
+                       length_help="; without --steps: --epochs passes over the conversations")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.steps is None and args.minutes is None:
+    if args.steps is None:
         cfg.steps = None  # finetune sets it from --epochs once the data is packed
     from vernacular.train.distributed import shutdown
 

@@ -85,8 +85,8 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
              confusion_tokens: int = 32) -> dict[str, Any]:
     """Fine-tune the run's model on chat conversations; returns the final metrics (also in metrics/sft_val.json).
 
-    `data`: JSONL files or folders (default: the embedded demo conversations). `epochs`: when `cfg` gives neither
-    steps nor minutes, train this many passes over the packed training conversations. `confusion_tokens`: greedy
+    `data`: JSONL files or folders (default: the embedded demo conversations). `epochs`: when `cfg` gives no steps,
+    train this many passes over the packed training conversations (a `cfg.minutes` budget still stops it earlier). `confusion_tokens`: greedy
     answer length for the language-confusion measurement (0 skips it). Bad records are counted by reason in
     `sft/data.json` and written to `sft/rejects.jsonl`; a run with no usable training conversation stops with an
     error (SystemExit)."""
@@ -105,7 +105,7 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
         raise SystemExit(f"error: no usable training conversation in {', '.join(map(str, sources))} "
                          f"(see {run.sft / 'rejects.jsonl'})")
 
-    if cfg.steps is None and cfg.minutes is None:
+    if cfg.steps is None:
         rows = len(pack(ds.train, cfg.seq_len))
         per_step = cfg.batch_size * cfg.grad_accum * (int(_env("WORLD_SIZE", "1")))
         cfg.steps = max(1, math.ceil((epochs or 1.0) * rows / per_step))
