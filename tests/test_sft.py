@@ -20,7 +20,7 @@ TINY = {"hidden_size": 64, "intermediate_size": 128, "moe_intermediate_size": 32
         "v_head_dim": 16, "n_routed_experts": 4, "n_shared_experts": 1, "num_experts_per_tok": 2, "n_group": 2,
         "topk_group": 1, "first_k_dense_replace": 1, "max_position_embeddings": 256, "num_nextn_predict_layers": 1,
         "vocab_size": 512}
-SFT_ARGS = ["--seq-len", "256", "--batch-size", "2", "--lr", "3e-3", "--warmup", "2", "--no-progress"]
+SFT_ARGS = ["--seq-len", "256", "--batch-size", "4", "--lr", "3e-3", "--warmup", "2", "--no-progress"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -164,27 +164,27 @@ def test_sft_cli_lowers_held_out_loss_then_serves_a_chat_that_stops(pretrained, 
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [\n' + json.dumps({"messages": [{"role": "user", "content": "x"}]}) + "\n")
     pretrain_files = sorted(p.name for p in (run / "checkpoints").iterdir())
-    assert main(["sft", "--run-dir", str(run), "--data", str(FIXTURES), "--data", str(bad), "--steps", "24",
-                 "--save-every", "12", "--confusion-tokens", "16", *SFT_ARGS]) == 0
+    assert main(["sft", "--run-dir", str(run), "--data", str(FIXTURES), "--data", str(bad), "--steps", "60",
+                 "--save-every", "30", "--confusion-tokens", "16", *SFT_ARGS]) == 0
 
     result = json.loads((run / "metrics" / "sft_val.json").read_text())
-    assert result["step"] == 24 and result["val_loss"] < result["val_loss_start"] - 0.5, result
+    assert result["step"] == 60 and result["val_loss"] < result["val_loss_start"] - 0.5, result
     confusion = result["language_confusion"]
     assert confusion["answers"] == 6 and set(confusion["per_language"]) == {"deu", "eng", "fra"}
     assert 0.0 <= confusion["line_level_pass_rate"] <= 1.0
     records = [json.loads(line) for line in (run / "metrics" / "sft.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records if "val_loss" in r] == [0, 24]
-    assert [r["step"] for r in records if "loss" in r] == list(range(1, 25))
+    assert [r["step"] for r in records if "val_loss" in r] == [0, 60]
+    assert [r["step"] for r in records if "loss" in r] == list(range(1, 61))
     data = json.loads((run / "sft" / "data.json").read_text())
     assert data["train"] == 30 and data["val"] == 6 and data["rejected"]["invalid_json"] == 1
     assert data["rejected"]["no_assistant_turn"] == 1
     assert len((run / "sft" / "rejects.jsonl").read_text().splitlines()) == 2
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == sorted(pretrain_files + ["sft"])
-    assert sorted(p.name for p in (run / "checkpoints" / "sft").iterdir()) == ["latest", "step_000012", "step_000024"]
+    assert sorted(p.name for p in (run / "checkpoints" / "sft").iterdir()) == ["latest", "step_000030", "step_000060"]
     sft = tomllib.loads((run / "run.toml").read_text())["sft"]
-    assert sft["init_from"].endswith("step_000004") and sft["steps"] == 24
+    assert sft["init_from"].endswith("step_000004") and sft["steps"] == 60
 
-    sft_ckpt = run / "checkpoints" / "sft" / "step_000024"
+    sft_ckpt = run / "checkpoints" / "sft" / "step_000060"
     assert resolve_checkpoint(run) == sft_ckpt and export_checkpoint(run) == sft_ckpt
 
     model, ckpt = load_model_for_serving(run)
@@ -207,7 +207,7 @@ def test_sft_resume_after_a_crash_is_bit_identical(pretrained, tmp_path, monkeyp
     from vernacular.train import TrainConfig
 
     def config(**kw):
-        return TrainConfig(steps=8, batch_size=2, seq_len=128, save_every=2, progress=False, optim={"lr": 3e-3},
+        return TrainConfig(steps=8, batch_size=2, seq_len=256, save_every=2, progress=False, optim={"lr": 3e-3},
                            schedule={"warmup": 2}, **kw)
 
     def losses(run: Path) -> list:

@@ -1,0 +1,67 @@
+"""Language confusion of a run's chat model against its own base model: does it answer in the language it is asked in?
+
+    vernacular speedrun                                       # leaves runs/speedrun with an SFT checkpoint
+    python benchmarks/language_confusion.py --run-dir runs/speedrun [--max-tokens 32] [--json out.json]
+
+The measure is the Language Confusion Benchmark's line-level pass rate (Marchisio et al., 2024): the share of
+answers whose every non-empty line py3langid (restricted to the 24 EU languages) identifies as the question's
+language. Questions: the opening turns of the held-out demo conversations in all 24 languages, split exactly as
+`vernacular sft` split them (`vernacular.sft.data.load_conversations`). Both sides answer greedily through the
+serving engine: the base model (the run's newest pretraining checkpoint) and the chat model (its newest SFT
+checkpoint), same tokenizer, same prompts; the script prints both pass rates, per language, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", default="runs/speedrun")
+    parser.add_argument("--max-tokens", type=int, default=32, help="greedy answer length (default: 32, as sft)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+
+    from vernacular.run import RunDir
+    from vernacular.sft.confusion import language_confusion
+    from vernacular.sft.data import default_sources, expand_sources, load_conversations
+    from vernacular.tokenizer import load
+    from vernacular.train.checkpoint import latest_checkpoint
+
+    run = RunDir(args.run_dir)
+    sft = run.read_config().get("sft")
+    base, chat = latest_checkpoint(run.checkpoints), latest_checkpoint(run.sft_checkpoints)
+    if sft is None or base is None or chat is None:
+        print(f"error: {run.root} has no pretraining and SFT checkpoints: run `vernacular speedrun` first",
+              file=sys.stderr)
+        return 1
+    sources = expand_sources(sft["data"]) if sft.get("data") else default_sources()
+    seq_len = int(sft.get("seq_len", 512))
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = load_conversations(sources, load(run.tokenizer), max_tokens=seq_len + 1,
+                                rejects_path=Path(tmp) / "rejects.jsonl", val_fraction=float(sft.get("val_fraction", 0.1)))
+    results = {}
+    for name, ckpt in (("base (pretrained)", base), ("chat (SFT)", chat)):
+        results[name] = language_confusion(ckpt, run.tokenizer, ds.val, max_tokens=args.max_tokens)
+        results[name]["checkpoint"] = str(ckpt)
+    langs = sorted({lang for r in results.values() for lang in r["per_language"]})
+    print(f"language confusion, line-level pass rate: {len(ds.val)} held-out questions, {len(langs)} languages, "
+          f"greedy {args.max_tokens} tokens")
+    print(f"{'language':10s}" + "".join(f"{name:>20s}" for name in results))
+    for lang in langs:
+        print(f"{lang:10s}" + "".join(f"{100 * r['per_language'].get(lang, 0):19.0f}%" for r in results.values()))
+    rates = [r["line_level_pass_rate"] or 0.0 for r in results.values()]
+    print(f"{'all':10s}" + "".join(f"{100 * x:19.1f}%" for x in rates))
+    print(f"ratio chat / base: {rates[1] / rates[0]:.2f}x" if rates[0] else "ratio chat / base: base passes none")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
