@@ -39,6 +39,7 @@ def pretrained(tmp_path_factory) -> Path:
     """data -> tokenizer -> a few pretraining steps, on the fixture conversations' text."""
     from vernacular.cli import main
 
+    torch.set_num_threads(1)  # module fixtures run before the one_thread fixture; tiny shapes run fastest on one
     root = tmp_path_factory.mktemp("sft")
     source = root / "source"
     source.mkdir()

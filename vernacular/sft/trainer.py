@@ -15,7 +15,9 @@ on the held-out questions (`vernacular.sft.confusion`).
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -107,7 +109,7 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
 
     if cfg.steps is None:
         rows = len(pack(ds.train, cfg.seq_len))
-        per_step = cfg.batch_size * cfg.grad_accum * (int(_env("WORLD_SIZE", "1")))
+        per_step = cfg.batch_size * cfg.grad_accum * int(os.environ.get("WORLD_SIZE", "1"))
         cfg.steps = max(1, math.ceil((epochs or 1.0) * rows / per_step))
     cfg.model = str(init_path)
 
@@ -162,26 +164,19 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
     rows = [r for r in _read_jsonl(stage.metrics) if "val_loss" in r]
     if rows and rows[0]["step"] == 0:
         result["val_loss_start"] = rows[0]["val_loss"]
-    if confusion_tokens and ds.val and _env("RANK", "0") == "0":
+    main_rank = os.environ.get("RANK", "0") == "0"
+    if confusion_tokens and ds.val and main_rank:
         from .confusion import language_confusion
 
         result["language_confusion"] = language_confusion(result["checkpoint"], run.tokenizer, ds.val,
                                                           max_tokens=confusion_tokens, out=run.metrics /
                                                           "language_confusion.json")
-    if _env("RANK", "0") == "0":
+    if main_rank:
         write_json(stage.result, {**read_json(stage.result), **result})
     return result
 
 
-def _env(name: str, default: str) -> str:
-    import os
-
-    return os.environ.get(name, default)
-
-
 def _read_jsonl(path: Path) -> list[dict]:
-    import json
-
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
