@@ -44,7 +44,8 @@ def main() -> int:
     seq_len = int(sft.get("seq_len", 512))
     with tempfile.TemporaryDirectory() as tmp:
         ds = load_conversations(sources, load(run.tokenizer), max_tokens=seq_len + 1,
-                                rejects_path=Path(tmp) / "rejects.jsonl", val_fraction=float(sft.get("val_fraction", 0.1)))
+                                rejects_path=Path(tmp) / "rejects.jsonl",
+                                val_fraction=float(sft.get("val_fraction", 0.1)))
     results = {}
     for name, ckpt in (("base (pretrained)", base), ("chat (SFT)", chat)):
         results[name] = language_confusion(ckpt, run.tokenizer, ds.val, max_tokens=args.max_tokens)

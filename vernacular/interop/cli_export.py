@@ -10,8 +10,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="format", metavar="<format>", required=True)
     hf = sub.add_parser("hf", help="Hugging Face transformers folder (config.json, model.safetensors, tokenizer)")
     source = hf.add_mutually_exclusive_group(required=True)
-    source.add_argument("--run-dir", help="run directory: exports its model (the latest chat fine-tuning checkpoint if any, else "
-                        "the latest pretraining checkpoint) and its tokenizer")
+    source.add_argument("--run-dir", help="run directory: exports its model (the latest chat fine-tuning checkpoint "
+                        "if any, else the latest pretraining checkpoint) and its tokenizer")
     source.add_argument("--checkpoint", help="checkpoint folder (model.safetensors + state.json or config.json)")
     hf.add_argument("--out", help="output folder (default with --run-dir: <run>/export/hf)")
     hf.add_argument("--tokenizer", help="tokenizer folder to include (default with --run-dir: <run>/tokenizer)")
