@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 
@@ -42,10 +41,8 @@ def main() -> int:
         return 1
     sources = expand_sources(sft["data"]) if sft.get("data") else default_sources()
     seq_len = int(sft.get("seq_len", 512))
-    with tempfile.TemporaryDirectory() as tmp:
-        ds = load_conversations(sources, load(run.tokenizer), max_tokens=seq_len + 1,
-                                rejects_path=Path(tmp) / "rejects.jsonl",
-                                val_fraction=float(sft.get("val_fraction", 0.1)))
+    ds = load_conversations(sources, load(run.tokenizer), max_tokens=seq_len + 1,
+                            val_fraction=float(sft.get("val_fraction", 0.1)))
     results = {}
     for name, ckpt in (("base (pretrained)", base), ("chat (SFT)", chat)):
         results[name] = language_confusion(ckpt, run.tokenizer, ds.val, max_tokens=args.max_tokens)
