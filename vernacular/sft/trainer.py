@@ -98,11 +98,13 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
     sources = expand_sources(data) if data else default_sources()
     if not sources:
         raise SystemExit("error: no SFT data: give --data FILE.jsonl (the embedded demo conversations are missing)")
-    ds = load_conversations(sources, tok, max_tokens=cfg.seq_len + 1, rejects_path=run.sft / "rejects.jsonl",
-                            val_fraction=val_fraction)
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun every rank reads the data, one writes
+    ds = load_conversations(sources, tok, max_tokens=cfg.seq_len + 1, val_fraction=val_fraction,
+                            rejects_path=run.sft / "rejects.jsonl" if main_rank else None)
     summary = ds.summary()
-    write_json(run.sft / "data.json", summary)
-    _print_data(ds, run)
+    if main_rank:
+        write_json(run.sft / "data.json", summary)
+        _print_data(ds, run)
     if not ds.train:
         raise SystemExit(f"error: no usable training conversation in {', '.join(map(str, sources))} "
                          f"(see {run.sft / 'rejects.jsonl'})")
@@ -164,7 +166,6 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
     rows = [r for r in _read_jsonl(stage.metrics) if "val_loss" in r]
     if rows and rows[0]["step"] == 0:
         result["val_loss_start"] = rows[0]["val_loss"]
-    main_rank = os.environ.get("RANK", "0") == "0"
     if confusion_tokens and ds.val and main_rank:
         from .confusion import language_confusion
 
