@@ -145,6 +145,27 @@ def test_bad_records_are_counted_by_reason_and_quarantined(pretrained, tmp_path)
     assert all(q["detail"] for q in quarantined)
 
 
+def test_embedded_demo_conversations_load_cleanly_and_hold_out_every_language(pretrained):
+    """The default data: every record of the 24 demo files is a valid conversation, and the deterministic split
+    holds out questions in all 24 languages (what the language-confusion measurement asks)."""
+    from collections import Counter
+
+    from vernacular.data.languages import EU_LANGUAGES
+    from vernacular.sft.data import default_sources, load_conversations
+    from vernacular.tokenizer import load
+
+    tok = load(pretrained / "tokenizer")
+    assert sorted(p.stem for p in default_sources()) == sorted(EU_LANGUAGES)
+    ds = load_conversations(default_sources(), tok, max_tokens=100_000)
+    assert sum(ds.rejected.values()) == 0, ds.rejected
+    per_lang = Counter(c.lang for c in ds.train + ds.val)
+    assert set(per_lang) == set(EU_LANGUAGES) and min(per_lang.values()) >= 40, per_lang
+    held_out = Counter(c.lang for c in ds.val)
+    assert set(held_out) == set(EU_LANGUAGES) and all(held_out[lang] >= 4 for lang in EU_LANGUAGES), held_out
+    again = load_conversations(list(reversed(default_sources())), tok, max_tokens=100_000)
+    assert sorted(c.key for c in again.val) == sorted(c.key for c in ds.val)
+
+
 def test_sft_cli_lowers_held_out_loss_then_serves_a_chat_that_stops(pretrained, tmp_path):
     """The CI short run: SFT on the fixture conversations (plus a file of bad records) from the pretraining
     checkpoint; the held-out assistant loss falls; serve and export take the SFT checkpoint; a chat request through
