@@ -257,3 +257,23 @@ def test_sft_resume_after_a_crash_is_bit_identical(pretrained, tmp_path, monkeyp
     finetune(crashed, config(resume=True), data=[FIXTURES], confusion_tokens=0)
     assert losses(crashed) == losses(ref)
     assert [r[0] for r in losses(ref)] == [0, *range(1, 9), 8]
+
+
+def test_init_from_a_transformers_folder_starts_from_the_same_weights(pretrained, tmp_path):
+    """`--init-from` an exported transformers folder into an empty run: the tokenizer comes along, and the held-out
+    loss before the first step equals that of starting from the pretraining checkpoint the folder was exported from."""
+    from vernacular.cli import main
+    from vernacular.sft.trainer import finetune
+    from vernacular.train import TrainConfig
+
+    hf = tmp_path / "hf"
+    assert main(["export", "hf", "--run-dir", str(pretrained), "--out", str(hf)]) == 0
+    starts = []
+    for name, init in (("from-pretrain", None), ("from-hf", hf)):
+        run = _copy(pretrained, tmp_path, name) if init is None else tmp_path / name
+        result = finetune(run, TrainConfig(steps=1, batch_size=2, seq_len=256, progress=False), data=[FIXTURES],
+                          init_from=init, confusion_tokens=0)
+        starts.append(result["val_loss_start"])
+        assert Path(result["checkpoint"]) == run / "checkpoints" / "sft" / "step_000001"
+    assert (tmp_path / "from-hf" / "tokenizer" / "tokenizer.json").exists()
+    assert starts[1] == pytest.approx(starts[0], rel=1e-5)
