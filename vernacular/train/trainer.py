@@ -1,4 +1,5 @@
-"""The pretraining loop: one function, `train(run_dir, cfg)`, used by `vernacular pretrain` and `vernacular speedrun`.
+"""The training loop: `fit(run, cfg, stage)`, shared by pretraining (`train(run_dir, cfg)`, used by `vernacular pretrain`
+and `vernacular speedrun`) and chat fine-tuning (`vernacular.sft`); a `Stage` supplies what differs between them.
 
 Shape of a step (nanoGPT / torchtitan style): `grad_accum` micro-batches forward+backward (gradient sync only on the
 last), clip, one step of each optimizer (Muon + AdamW), then the MoE routing-bias update from the step's global expert
