@@ -12,7 +12,9 @@ _EXPORTS = {
     "ScheduleConfig": "schedule",
     "lr_factor": "schedule",
     "mtp_weight": "schedule",
+    "Stage": "trainer",
     "TrainConfig": "trainer",
+    "fit": "trainer",
     "train": "trainer",
 }
 
@@ -23,5 +25,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["Muon", "OptimConfig", "ScheduleConfig", "TrainConfig", "build_optimizers", "evaluate_bpb", "lr_factor",
-           "mtp_weight", "train", "zeropower_via_newtonschulz5"]
+__all__ = ["Muon", "OptimConfig", "ScheduleConfig", "Stage", "TrainConfig", "build_optimizers", "evaluate_bpb", "fit",
+           "lr_factor", "mtp_weight", "train", "zeropower_via_newtonschulz5"]
