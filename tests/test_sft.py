@@ -72,10 +72,14 @@ def test_assistant_targets_equal_transformers_mask_token_by_token(pretrained):
     out = pretrained.parent / "export"
     export_hf(load_checkpoint(pretrained / "checkpoints" / "step_000004"), out, tokenizer_dir=pretrained / "tokenizer")
     hf = AutoTokenizer.from_pretrained(str(out))
-    ds = load_conversations(sorted(FIXTURES.glob("*.jsonl")), load(pretrained / "tokenizer"), max_tokens=1000)
-    assert len(ds.train) + len(ds.val) == 36
+    from vernacular.sft.data import DEMO_DIR
+
+    files = sorted(FIXTURES.glob("*.jsonl")) + [DEMO_DIR / "tools.jsonl"]  # + tool calls and tool results
+    ds = load_conversations(files, load(pretrained / "tokenizer"), max_tokens=4000)
+    assert sum(ds.rejected.values()) == 0 and sum(c.tools is not None for c in ds.train + ds.val) >= 10
     for c in ds.train + ds.val:
-        theirs = hf.apply_chat_template(c.messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        theirs = hf.apply_chat_template(c.messages, tools=c.tools, tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
         ids, mask = list(theirs["input_ids"]), list(theirs["assistant_masks"])
         assert c.ids == ids
         inputs, labels, positions = conversation_tensors(c)
@@ -155,7 +159,7 @@ def test_embedded_demo_conversations_load_cleanly_and_hold_out_every_language(pr
     from vernacular.tokenizer import load
 
     tok = load(pretrained / "tokenizer")
-    assert sorted(p.stem for p in default_sources()) == sorted(EU_LANGUAGES)
+    assert sorted(p.stem for p in default_sources()) == sorted([*EU_LANGUAGES, "tools"])
     ds = load_conversations(default_sources(), tok, max_tokens=100_000)
     assert sum(ds.rejected.values()) == 0, ds.rejected
     per_lang = Counter(c.lang for c in ds.train + ds.val)

@@ -5,7 +5,8 @@ and Mitigating Language Confusion in LLMs"): a response passes when every one of
 as the user's language; the pass rate is the share of responses that pass. Language ID is py3langid (as the data
 stage uses it), restricted to the 24 official EU languages; an empty response fails.
 
-The questions are the held-out conversations' opening turns (system turn if any, then the first user turn); the
+The questions are the held-out conversations' opening turns (system turn if any, then the first user turn; chats
+that offer tools are left out); the
 question's language is its file's (`<iso639-3>.jsonl`) or the record's `lang`, else the identified language of the
 question. Answers are greedy decodes of the serving engine (`vernacular.serve.engine.Engine`), so this measures what
 `vernacular serve` would answer.
@@ -70,6 +71,8 @@ def language_confusion(checkpoint: str | Path, tokenizer_dir: str | Path, conver
     tokenizer = ServingTokenizer(tokenizer_dir)
     items = []
     for c in conversations:
+        if c.tools:  # a question that offers tools may rightly be answered with a call, not with prose
+            continue
         q = question(c.messages)
         lang = c.lang or detect_language(content_text(q[-1]["content"]))
         if lang is None:

@@ -5,8 +5,9 @@ One record per line, as OpenAI's fine-tuning files and TRL's "conversational" da
     {"messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."},
                   {"role": "assistant", "content": "..."}]}
 
-`role` is system, developer, user or assistant; `content` a string or a list of text parts
-(`[{"type": "text", "text": "..."}]`). Conversations are rendered and tokenised by `vernacular.tokenizer.chat.
+`role` is system, developer, user, assistant or tool; `content` a string or a list of text parts
+(`[{"type": "text", "text": "..."}]`). Tool use as in the OpenAI API: the record's `tools` (function definitions),
+assistant messages with `tool_calls` (content may then be null) and `tool` messages with the results. Conversations are rendered and tokenised by `vernacular.tokenizer.chat.
 encode_chat` (the one place messages become tokens), whose assistant mask selects the tokens the model learns from:
 each assistant turn's content and its end-of-turn token.
 
@@ -51,11 +52,13 @@ class Conversation:
     lang: str | None
     ids: list[int] = field(repr=False)
     assistant_mask: list[int] = field(repr=False)
+    tools: list[dict] | None = field(default=None, repr=False)  # OpenAI tool definitions offered in the chat
 
     @property
     def key(self) -> str:
         """A content hash: the split is a function of the conversation, not of file order."""
-        return hashlib.sha256(json.dumps(self.messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        record = {"messages": self.messages, "tools": self.tools}
+        return hashlib.sha256(json.dumps(record, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
 @dataclass
@@ -98,16 +101,21 @@ def check_record(record: Any) -> tuple[str, str] | None:
     """(reason, detail) if `record` (a parsed JSON line) is not a usable conversation, else None."""
     if not isinstance(record, dict) or not isinstance(record.get("messages"), list) or not record["messages"]:
         return "not_a_conversation", 'expected {"messages": [{"role": ..., "content": ...}, ...]}'
+    if record.get("tools") is not None and not isinstance(record["tools"], list):
+        return "not_a_conversation", "tools must be a list of OpenAI tool definitions"
     for i, m in enumerate(record["messages"]):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+        if not isinstance(m, dict) or "role" not in m:
             return "not_a_conversation", f"message {i} is not a {{'role', 'content'}} object"
+        calls = m["role"] == "assistant" and bool(m.get("tool_calls"))
+        if "content" not in m and not calls:
+            return "not_a_conversation", f"message {i} has no content"
         if m["role"] not in ROLES:
             return "unknown_role", f"message {i} has role {m['role']!r} (expected {', '.join(ROLES)})"
         try:
-            text = content_text(m["content"])
+            text = content_text(m.get("content"))
         except ChatTemplateError as e:
             return "invalid_content", f"message {i}: {e}"
-        if not text.strip():
+        if not text.strip() and not calls:
             return "empty_content", f"message {i} ({m['role']}) has empty content"
     if not any(m["role"] == "assistant" for m in record["messages"]):
         return "no_assistant_turn", "no assistant message to learn from"
@@ -148,13 +156,18 @@ def load_conversations(paths: Iterable[Path], tokenizer, max_tokens: int, reject
                 else:
                     problem = check_record(record)
                     if problem is None:
-                        enc = encode_chat(tokenizer, record["messages"], add_generation_prompt=False)
+                        try:
+                            enc = encode_chat(tokenizer, record["messages"], add_generation_prompt=False,
+                                              tools=record.get("tools"))
+                        except ChatTemplateError as e:  # e.g. malformed tool calls
+                            enc, problem = None, ("invalid_content", str(e))
+                    if problem is None:
                         if len(enc.ids) > max_tokens:
                             problem = "too_long", f"{len(enc.ids)} tokens > {max_tokens} (the training context + 1)"
                         else:
                             lang = file_lang or to_iso639_3(record.get("lang") or record.get("language"))
                             accepted.append(Conversation(record["messages"], source, lang, enc.ids,
-                                                         enc.assistant_mask))
+                                                         enc.assistant_mask, record.get("tools")))
                             continue
                     reason, detail = problem
                 rejected[reason] += 1
