@@ -139,11 +139,19 @@ def _languages(rec: RunRecords) -> list[dict[str, str]]:
 
 
 def _sft_sources(rec: RunRecords) -> list[dict[str, Any]]:
+    """Fine-tuning conversations; the embedded demo set is described by its own data card."""
     cfg = rec.config.get("sft") or {}
-    data = cfg.get("data") or cfg.get("sources") or []
+    data = cfg.get("data") or []
     if isinstance(data, str):
         data = [data]
-    return [{"source": str(d)} for d in data] if rec.sft else []
+    out = []
+    for d in data if rec.sft else []:
+        demo = "sft/demo" in str(d).replace("\\", "/")
+        out.append({"source": "Vernacular demo conversations" if demo else str(d),
+                    "licence": "CC0-1.0" if demo else "see the source",
+                    "content": "multilingual chat conversations written for the project (see vernacular/sft/demo/README.md)"
+                    if demo else "conversations"})
+    return out
 
 
 def public_summary(rec: RunRecords, provider: dict[str, dict[str, str]], missing: list[str]) -> dict[str, Any]:
@@ -182,8 +190,8 @@ def public_summary(rec: RunRecords, provider: dict[str, dict[str, str]], missing
             "1.1_provider": {"name": provider["provider"]["name"], "contact": provider["provider"]["contact"],
                              "authorised_representative": provider["provider"]["authorised_representative"]},
             "1.2_model": {"versioned_name": provider["model"]["name"],
-                          "model_dependencies": "none: trained from scratch" if not (rec.config.get("sft") or {}).get("init_from")
-                          else f"fine-tuned from {(rec.config.get('sft') or {}).get('init_from')}",
+                          "model_dependencies": f"fine-tuned from {rec.base_model}" if rec.base_model
+                          else "none: pretrained from scratch in this run",
                           "date_of_placement_on_market": provider["model"]["release_date"]},
             "1.3_modalities_and_size": {
                 "modality": "text", "training_data_size_band": size_band(train_tokens),

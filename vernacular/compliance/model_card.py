@@ -30,7 +30,7 @@ def model_card(rec: RunRecords, provider: dict[str, dict[str, str]] | None = Non
         if known and "huggingface.co/datasets/" in known.get("url", ""):
             hub_ids.append(known["url"].split("huggingface.co/datasets/")[1])
     licence = (provider.get("model") or {}).get("licence") or "other"
-    base = ((rec.config.get("sft") or {}).get("init_from")) or None
+    base = rec.base_model
     meta = ["---", *_yaml_list("language", [l["iso639_1"] or l["iso639_3"] for l in langs]), f"license: {licence.lower()}",
             *_yaml_list("datasets", hub_ids), *( [f"base_model: {base}"] if base else []),
             "library_name: transformers", "pipeline_tag: text-generation",

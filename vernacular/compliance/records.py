@@ -76,6 +76,18 @@ class RunRecords:
     evaluation: dict[str, Any] | None = None
 
     @property
+    def base_model(self) -> str | None:
+        """The model SFT started from when it is not this run's own pretraining (`vernacular sft --init-from`)."""
+        init = (self.config.get("sft") or {}).get("init_from")
+        if not init:
+            return None
+        try:
+            Path(init).resolve().relative_to(self.run.checkpoints.resolve())
+            return None  # this run's own pretraining checkpoint
+        except ValueError:
+            return init
+
+    @property
     def model_config(self):
         from vernacular.model.config import ModelConfig
 

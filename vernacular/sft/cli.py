@@ -44,13 +44,18 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.steps is None:
         cfg.steps = None  # finetune sets it from --epochs once the data is packed
+    from vernacular.compliance.energy import measure_energy
+    from vernacular.run import RunDir
     from vernacular.train.distributed import shutdown
 
     from .trainer import finetune
 
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     try:
-        result = finetune(args.run_dir, cfg, data=args.data, init_from=args.init_from, val_fraction=args.val_fraction,
-                          epochs=args.epochs, confusion_tokens=args.confusion_tokens)
+        with measure_energy(RunDir(args.run_dir), "sft", enabled=rank == 0, world_size=world):
+            result = finetune(args.run_dir, cfg, data=args.data, init_from=args.init_from,
+                              val_fraction=args.val_fraction, epochs=args.epochs,
+                              confusion_tokens=args.confusion_tokens)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
