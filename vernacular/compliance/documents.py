@@ -149,9 +149,19 @@ def _sft_sources(rec: RunRecords) -> list[dict[str, Any]]:
         demo = "sft/demo" in str(d).replace("\\", "/")
         out.append({"source": "Vernacular demo conversations" if demo else str(d),
                     "licence": "CC0-1.0" if demo else "see the source",
-                    "content": "multilingual chat conversations written for the project (see vernacular/sft/demo/README.md)"
+                    "content": "multilingual chat conversations written for the project by an LLM assistant "
+                               "(see vernacular/sft/demo/README.md)"
                     if demo else "conversations"})
     return out
+
+
+def _synthetic(sft_sources: list[dict[str, Any]]) -> dict[str, Any]:
+    demo = [s for s in sft_sources if s["source"] == "Vernacular demo conversations"]
+    if demo:
+        return {"used": True, "data": "Vernacular demo conversations (fine-tuning, CC0)",
+                "models": "written by a large language model used as the project's development assistant "
+                          "(see vernacular/sft/demo/README.md)"}
+    return {"used": False, "note": "no model-generated training data is recorded for this run"}
 
 
 def public_summary(rec: RunRecords, provider: dict[str, dict[str, str]], missing: list[str]) -> dict[str, Any]:
@@ -209,7 +219,7 @@ def public_summary(rec: RunRecords, provider: dict[str, dict[str, str]], missing
                                              "note": "Vernacular does not crawl; web text comes from the public datasets "
                                                      "listed in 2.1", "most_relevant_domains": _domains(m)},
             "2.4_user_data": {"used": False, "note": "the run's data manifest lists no user-data source"},
-            "2.5_synthetic_data": {"used": False, "note": "no model-generated training data is recorded for this run"},
+            "2.5_synthetic_data": _synthetic(sft_sources),
             "2.6_other_sources": {"used": bool(sft_sources or other), "fine_tuning_data": sft_sources, "other": other},
         },
         "3_data_processing": {
