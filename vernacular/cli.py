@@ -19,6 +19,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "plan": ("vernacular.plan.cli", "plan a training run: budget <-> model, tokens, GPU layout, time, cost, energy"),
     "pretrain": ("vernacular.train.cli", "pretrain the MoE model on the run's token shards"),
     "sft": ("vernacular.sft.cli", "fine-tune the model into a chat model on conversations (JSONL, OpenAI format)"),
+    "eval": ("vernacular.eval.cli", "evaluate a checkpoint with lm-evaluation-harness: European task groups, one aggregate"),
     "export": ("vernacular.interop.cli_export", "export a checkpoint (e.g. to a Hugging Face transformers folder)"),
     "import": ("vernacular.interop.cli_import", "import a Hugging Face DeepseekV3 folder as a Vernacular checkpoint"),
     "compliance": ("vernacular.compliance.cli", "write the EU AI Act documents of a run from its records"),

@@ -7,7 +7,7 @@
       checkpoints/      step_000123/{model.safetensors, optimizer.safetensors, state.json}
         sft/            the chat fine-tuning stage's own step_*/ checkpoints (same layout)
       sft/              data.json (conversations read, kept, split, rejected by reason), rejects.jsonl
-      metrics/          train.jsonl, eval results
+      metrics/          train.jsonl, val.json, eval.json (stage `eval`: lm-eval results and the aggregate)
       report/           report.md and its plots
       export/hf/        a transformers-loadable folder
 
@@ -111,6 +111,11 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.root / "metrics"
+
+    @property
+    def eval_results(self) -> Path:
+        """Stage `eval`: per-task scores, the aggregate and lm-eval's own results (metrics/eval.json)."""
+        return self.metrics / "eval.json"
 
     @property
     def report(self) -> Path:
