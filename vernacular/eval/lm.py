@@ -18,6 +18,7 @@ code and our numbers line up with ``hf`` on the exported model (tests/test_eval.
 
 from __future__ import annotations
 
+import logging
 import threading
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 from tqdm import tqdm
 
+eval_logger = logging.getLogger(__name__)
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -45,6 +47,10 @@ class VernacularLM(TemplateLM):
         from vernacular.serve.loading import find_tokenizer_dir, load_model_for_serving, resolve_checkpoint
         from vernacular.serve.text import ServingTokenizer
 
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's CLI passes device="cuda" unless told otherwise; on a CPU-only machine that means the CPU
+            eval_logger.warning("CUDA is not available; evaluating on the CPU")
+            device = "cpu"
         if dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
         folder = resolve_checkpoint(run_dir, checkpoint)
