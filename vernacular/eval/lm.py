@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import lm_eval.models  # noqa: F401  (lm-eval registers its own models only while its registry is empty: do it first)
 import torch
 import torch.nn.functional as F
 from lm_eval.api.model import TemplateLM
