@@ -174,3 +174,16 @@ def test_logits_at_picks_each_rows_position():
     torch.testing.assert_close(got.logits[:, 0], full[torch.arange(3), at], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="logits_at must index"):
         model(ids, logits_at=torch.tensor([9, 0, 0]))
+
+
+
+@torch.no_grad()
+def test_logits_at_several_positions_per_row():
+    """logits_at [B, K] (lm-eval's continuation scoring): the full forward's logits at those K positions per row."""
+    model = _model()
+    ids = torch.randint(0, 300, (2, 9), generator=torch.Generator().manual_seed(3))
+    full = model(ids).logits
+    at = torch.tensor([[3, 4, 8], [0, 5, 5]])
+    got = model(ids, logits_at=at).logits
+    assert got.shape == (2, 3, 300)
+    torch.testing.assert_close(got, full.gather(1, at[..., None].expand(2, 3, 300)), atol=1e-5, rtol=1e-5)

@@ -124,6 +124,10 @@ def test_eval_cli_offline_suite(offline, run_dir, capsys):
     assert 1.0 < tasks["flores200_bpb_deu_Latn"]["value"] < 15.0  # random init: about log2(vocab) bits per token
     assert summary["aggregate"]["bpb"] is not None and summary["aggregate"]["centred"] is not None
     assert "eval" in RunDir(run_dir).read_config()
+    from vernacular.report import write_report
+
+    report = write_report(run_dir).read_text(encoding="utf-8")
+    assert "## Evaluation" in report and "| deu |" in report and (RunDir(run_dir).report / "eval.png").stat().st_size
 
 
 def _samples(out, task):

@@ -2,7 +2,9 @@
 
 It only reads what the stages left in the run directory, so it can be rerun at any time and shows whatever stages have
 run so far: data provenance (manifest), tokenizer parity, the training curve, the per-language validation
-bits-per-byte and the chat fine-tuning (held-out loss, language confusion). People would rather look than read, so the curves and the per-language figures are plots too.
+bits-per-byte, the chat fine-tuning (held-out loss, language confusion) and the evaluation table with its
+aggregate (`vernacular eval`). People would rather look than read, so the curves and the per-language figures are
+plots too.
 """
 
 from __future__ import annotations
@@ -141,6 +143,50 @@ def _sft_section(run) -> list[str]:
     return lines
 
 
+def _plot_eval(languages: dict[str, dict], out: Path) -> None:
+    """Per-language chart of `vernacular eval`: centred accuracy (x100) and, beside it, FLORES bits per byte."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    langs = list(languages)
+    panels = [(key, label) for key, label in (("centred", "centred accuracy x100 (0 = chance)"),
+                                              ("bpb", "FLORES-200 bits per byte (lower is better)"))
+              if any(languages[lang].get(key) is not None for lang in langs)]  # fmt: skip
+    fig, axes = plt.subplots(len(panels), 1, figsize=(max(6, 0.35 * len(langs)), 3.2 * len(panels)), squeeze=False)
+    for ax, (key, label) in zip(axes[:, 0], panels):
+        values = [languages[lang].get(key) for lang in langs]
+        scale = 100 if key == "centred" else 1
+        ax.bar(langs, [scale * v if v is not None else 0 for v in values], color="#3060a0" if key == "bpb" else "#a06030")
+        ax.set_ylabel(label, fontsize=8)
+        ax.axhline(0, color="black", linewidth=0.6)
+        ax.tick_params(axis="x", rotation=90)
+        ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def _eval_section(summary: dict, out: Path) -> list[str]:
+    from vernacular.eval.aggregate import format_table
+
+    agg = summary["aggregate"]
+    lines = ["## Evaluation (lm-evaluation-harness)", ""]
+    parts = []
+    if agg.get("centred") is not None:
+        parts.append(f"centred accuracy **{100 * agg['centred']:+.1f}** (x100: 0 = chance, 100 = perfect)")
+    if agg.get("bpb") is not None:
+        parts.append(f"mean FLORES-200 bits per byte **{agg['bpb']:.4f}**")
+    lines += ["Aggregate: " + "; ".join(parts) + ". Cells: centred accuracy x100 per task group, bits per byte for "
+              "flores-200; `centred` is the language's mean over groups (docs/evaluation.md).", ""]
+    lines += [format_table(summary["tasks"], agg, markdown=True), ""]
+    if summary.get("limit"):
+        lines += [f"(at most {summary['limit']} documents per task)", ""]
+    _plot_eval(agg["languages"], out)
+    return lines + [f"![evaluation]({out.name})", "", "Every score: `metrics/eval.json`.", ""]
+
+
 def write_report(run_dir: str | Path) -> Path:
     from vernacular.run import RunDir, atomic_write_bytes, read_json
 
@@ -182,6 +228,9 @@ def write_report(run_dir: str | Path) -> Path:
 
     if (run.metrics / "sft_val.json").exists() or (run.sft / "data.json").exists():
         lines += _sft_section(run)
+
+    if run.eval_results.exists():
+        lines += _eval_section(read_json(run.eval_results), run.report / "eval.png")
 
     out = run.report / "report.md"
     atomic_write_bytes(out, "\n".join(lines).encode())

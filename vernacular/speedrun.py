@@ -30,6 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary size (default: 8192)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2, help="data-stage worker processes (default: 2)")
+    parser.add_argument("--eval-tasks", default="offline", help="task groups of the eval stage (default: offline)")
 
 
 def _run_stage(argv: list[str]) -> None:
@@ -55,6 +56,7 @@ def main(args: argparse.Namespace) -> int:
         ["pretrain", "--run-dir", run, "--config", args.config, "--minutes", str(args.minutes), "--seed", str(args.seed)]
     )
     _run_stage(["sft", "--run-dir", run, "--minutes", str(args.sft_minutes), "--seed", str(args.seed)])
+    _run_stage(["eval", "--run-dir", run, "--tasks", args.eval_tasks])
     _run_stage(["report", "--run-dir", run])
 
     minutes = (time.perf_counter() - started) / 60

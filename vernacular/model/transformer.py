@@ -139,6 +139,7 @@ class Transformer(nn.Module):
     ) -> ModelOutput:
         """`logits_at` [B] (inference only): return logits [B, 1, V] at that position of each row instead of all T,
         e.g. each prompt's last token in a padded prefill; the lm_head over every prompt token is then skipped.
+        `logits_at` [B, K]: logits [B, K, V] at K positions per row (e.g. the continuation tokens lm-eval scores).
 
         `position_ids` [B, T] (without a cache): packed documents, as transformers' DataCollatorWithFlattening
         writes them - positions restart at 0 where a document starts, and attention never crosses into another
@@ -184,11 +185,12 @@ class Transformer(nn.Module):
             if labels is not None:
                 raise ValueError("logits_at is for inference; with labels every position's logits are needed")
             logits_at = logits_at.to(x.device).long()
-            if logits_at.shape != (B,):
-                raise ValueError(f"logits_at must have shape ({B},), got {tuple(logits_at.shape)}")
+            if logits_at.dim() not in (1, 2) or logits_at.shape[0] != B:
+                raise ValueError(f"logits_at must have shape ({B},) or ({B}, K), got {tuple(logits_at.shape)}")
             if B and (int(logits_at.min()) < 0 or int(logits_at.max()) >= T):
                 raise ValueError(f"logits_at must index positions in [0, {T}), got {logits_at.tolist()}")
-            x = x.gather(1, logits_at.view(B, 1, 1).expand(B, 1, x.shape[-1]))  # the norm is per position
+            index = logits_at.view(B, -1)
+            x = x.gather(1, index[..., None].expand(*index.shape, x.shape[-1]))  # the norm is per position
         h = self.model.norm(x)
         logits = self.lm_head(h)
         if labels is None:
