@@ -97,41 +97,104 @@ class VernacularLM(TemplateLM):
                cache_keys: list | None = None) -> list[tuple[float, bool]]:  # fmt: skip
         """(context ids, continuation ids) -> (sum of continuation log-probs in nats, continuation is greedy).
 
-        Sequences longer than `max_length` + 1 keep their last tokens (lm-eval's left truncation). Longest first, so a
-        batch's padding is small and the first batch shows the memory peak."""
-        order = sorted(range(len(windows)), key=lambda i: -len(windows[i][0]) - len(windows[i][1]))
-        out: list[tuple[float, bool] | None] = [None] * len(windows)
-        bar = tqdm(total=len(windows), desc=desc, disable=disable_tqdm)
-        for start in range(0, len(order), self.batch_size):
-            idx = order[start : start + self.batch_size]
-            seqs, conts = [], []
-            for i in idx:
-                ctx, cont = windows[i]
-                if not cont:
-                    raise ValueError("lm-eval sent an empty continuation")
-                whole = (ctx + cont)[-(self.max_length + 1) :]
-                seqs.append(whole[:-1])
-                conts.append(cont)
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(seqs), width), self.tokenizer.bos_id, dtype=torch.long)
-            for row, s in enumerate(seqs):
-                ids[row, : len(s)] = torch.tensor(s, dtype=torch.long)
-            # logits only where continuation tokens are predicted (the lm_head is ~half of a small model's FLOPs)
-            k = max(len(c) for c in conts)
-            at = torch.tensor([[min(len(s) - len(c) + j, width - 1) for j in range(k)] for s, c in zip(seqs, conts)])
-            logits = self.model(ids.to(self._device), logits_at=at).logits  # [B, k, V]
-            for row, (i, cont) in enumerate(zip(idx, conts)):
-                n = len(cont)
-                logp = F.log_softmax(logits[row, :n].float(), dim=-1)
-                target = torch.tensor(cont, device=logp.device)
+        Sequences longer than `max_length` + 1 keep their last tokens (lm-eval's left truncation). Requests that share
+        their context (the choices of a multiple-choice question) run the context once: it is prefilled into the
+        latent KV cache, copied to one slot per choice, and only the continuations are run after it
+        (`_forward_shared`). The others run as plain right-padded forwards, longest first."""
+        items = []
+        for ctx, cont in windows:
+            if not cont or len(cont) > self.max_length:
+                raise ValueError(f"continuation of {len(cont)} tokens: must be 1..{self.max_length} (max_length)")
+            whole = (list(ctx) + list(cont))[-(self.max_length + 1) :]
+            ctx = tuple(whole[: len(whole) - len(cont)])
+            if not ctx:
+                raise ValueError("lm-eval sent an empty context (it conditions empty contexts on the prefix token)")
+            items.append((ctx, list(cont)))
+        by_context: dict[tuple, list[int]] = {}
+        for i, (ctx, _) in enumerate(items):
+            by_context.setdefault(ctx, []).append(i)
+        single, shared = [], []
+        for ctx, members in by_context.items():
+            if len(members) == 1:
+                single += members
+            else:
+                shared += [members[s : s + self.batch_size] for s in range(0, len(members), self.batch_size)]
+        single.sort(key=lambda i: -len(items[i][0]) - len(items[i][1]))
+        shared.sort(key=lambda m: -len(items[m[0]][0]))
+        out: list[tuple[float, bool] | None] = [None] * len(items)
+        bar = tqdm(total=len(items), desc=desc, disable=disable_tqdm)
+
+        def finish(idx: list[int], logits: list[torch.Tensor]) -> None:
+            for i, rows in zip(idx, logits):
+                logp = F.log_softmax(rows.float(), dim=-1)
+                target = torch.tensor(items[i][1], device=logp.device)
                 ll = float(logp.gather(1, target[:, None]).sum())
                 greedy = bool((logp.argmax(-1) == target).all())
                 out[i] = (ll, greedy)
                 if cache_keys is not None and cache_keys[i] is not None:
                     self.cache_hook.add_partial("loglikelihood", cache_keys[i], (ll, greedy))
             bar.update(len(idx))
+
+        for start in range(0, len(single), self.batch_size):
+            idx = single[start : start + self.batch_size]
+            finish(idx, self._forward_plain([items[i] for i in idx]))
+        batch: list[list[int]] = []
+        for members in [*shared, None]:
+            if batch and (members is None or sum(map(len, batch)) + len(members) > self.batch_size):
+                idx = [i for m in batch for i in m]
+                finish(idx, self._forward_shared([items[m[0]][0] for m in batch], [[items[i][1] for i in m] for m in batch]))
+                batch = []
+            if members is not None:
+                batch.append(members)
         bar.close()
         return out  # type: ignore[return-value]
+
+    def _forward_plain(self, pairs: list[tuple[tuple, list[int]]]) -> list[torch.Tensor]:
+        """Logits [n_i, V] predicting each continuation's tokens, from one right-padded forward of context +
+        continuation (causal attention: the padding is invisible to the scored positions). The lm_head runs only at
+        those positions (it is ~half of a small model's FLOPs)."""
+        seqs = [(list(ctx) + cont)[:-1] for ctx, cont in pairs]
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.tokenizer.bos_id, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        k = max(len(cont) for _, cont in pairs)
+        at = torch.tensor([[min(len(seq) - len(cont) + j, width - 1) for j in range(k)]
+                           for seq, (_, cont) in zip(seqs, pairs)])  # fmt: skip
+        logits = self.model(ids.to(self._device), logits_at=at).logits  # [B, k, V]
+        return [logits[row, : len(cont)] for row, (_, cont) in enumerate(pairs)]
+
+    def _forward_shared(self, contexts: list[tuple], continuations: list[list[list[int]]]) -> list[torch.Tensor]:
+        """Contexts G, each with its continuations: prefill the G contexts into the first cache slot of each, copy the
+        latent KV to the slots of its other continuations, run all continuations at once from there. Returns logits
+        [n, V] per continuation, in order. Same numbers as `_forward_plain` (up to float rounding; see the tests)."""
+        from vernacular.model import LatentKVCache
+
+        param = next(self.model.parameters())
+        owner = [g for g, conts in enumerate(continuations) for _ in conts]
+        conts = [c for cs in continuations for c in cs]
+        first = [owner.index(g) for g in range(len(contexts))]
+        lengths = torch.tensor([len(ctx) for ctx in contexts])
+        k = max(len(c) for c in conts)
+        cache = LatentKVCache(self.model.config, len(conts), int(lengths.max()) + k - 1, dtype=param.dtype,
+                              device=param.device)  # fmt: skip
+        ids = torch.full((len(contexts), int(lengths.max())), self.tokenizer.bos_id, dtype=torch.long)
+        for g, ctx in enumerate(contexts):
+            ids[g, : len(ctx)] = torch.tensor(ctx, dtype=torch.long)
+        first_logits = self.model(ids.to(self._device), cache=cache, slots=torch.tensor(first),
+                                  start_pos=torch.zeros(len(contexts), dtype=torch.long),
+                                  logits_at=lengths - 1).logits[:, 0]  # [G, V]: each continuation's first token
+        src = torch.tensor([first[g] for g in owner], device=param.device)
+        for layer in cache.kvpe:
+            layer.copy_(layer[src])
+        if k == 1:
+            return [first_logits[g][None] for g in owner]
+        feed = torch.full((len(conts), k - 1), self.tokenizer.bos_id, dtype=torch.long)
+        for row, c in enumerate(conts):
+            feed[row, : len(c) - 1] = torch.tensor(c[:-1], dtype=torch.long)
+        rest = self.model(feed.to(self._device), cache=cache, slots=torch.arange(len(conts)),
+                          start_pos=lengths[owner]).logits  # fmt: skip  [R, k-1, V]
+        return [torch.cat([first_logits[g][None], rest[row, : len(c) - 1]]) for row, (g, c) in enumerate(zip(owner, conts))]
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
         windows = [(ctx, cont) for _, ctx, cont in requests]
