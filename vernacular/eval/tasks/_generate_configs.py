@@ -14,7 +14,7 @@ from vernacular.eval.groups import GROUPS
 
 HERE = Path(__file__).resolve().parent
 SEED = 1234
-SIZES = {"flores-200": 48, "flores-200-choice": 20, "sib200-eu": 20}
+SIZES = {"flores-200": 40, "flores-200-choice": 16, "sib200-eu": 20}
 TEMPLATES = {"flores-200": "_flores200_bpb_yaml", "flores-200-choice": "_flores200_choice_yaml",
              "sib200-eu": "_sib200_yaml"}  # fmt: skip
 
