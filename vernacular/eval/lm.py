@@ -10,9 +10,9 @@ It derives from lm-eval's ``TemplateLM``, the base of its ``hf`` model, so conte
 handling (the BOS token as prefix) and rolling windows (``lm_eval.utils.get_rolling_token_windows``) are lm-eval's own
 code and our numbers line up with ``hf`` on the exported model (tests/test_eval.py checks both to 1e-4).
 
-- ``loglikelihood`` / ``loglikelihood_rolling``: batched forwards of our ``Transformer`` (right-padded; causal
-  attention makes the padding invisible to the scored positions), log-softmax in fp32. Returns natural-log
-  likelihoods, as lm-eval expects.
+- ``loglikelihood`` / ``loglikelihood_rolling``: batched forwards of our ``Transformer``, logits only at the scored
+  positions, log-softmax in fp32; the choices of one question run their shared context once (latent KV cache copied
+  per choice). Returns natural-log likelihoods, as lm-eval expects.
 - ``generate_until``: greedy decoding through the serving ``Engine`` (continuous batching over the latent KV cache).
 """
 
