@@ -63,20 +63,26 @@ def evaluate(run_dir: str, tasks: str = "offline", checkpoint: str | None = None
     logging.getLogger("lm_eval.api.task").setLevel(logging.ERROR)
     online = any(not t.group.offline for t in resolved)
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=online)
-    if lm is None:
+    own = lm is None
+    if own:
         lm = VernacularLM(run_dir=run_dir, checkpoint=checkpoint, batch_size=batch_size, device=device, dtype=dtype)
     by_shots: dict[int | None, list[str]] = defaultdict(list)
     for t in resolved:
         by_shots[t.group.num_fewshot].append(t.task)
     results: dict = {"results": {}, "n-samples": {}, "versions": {}, "n-shot": {}}
     config = None
-    for shots, names in by_shots.items():
-        out = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots, task_manager=manager, limit=limit,
-                                      log_samples=False, bootstrap_iters=100, random_seed=seed, numpy_random_seed=seed,
-                                      torch_random_seed=seed, fewshot_random_seed=seed)  # fmt: skip
-        for key in results:
-            results[key].update(out.get(key, {}))
-        config = out.get("config")
+    try:
+        for shots, names in by_shots.items():  # one lm-eval call per few-shot setting (groups differ)
+            out = lm_eval.simple_evaluate(model=lm, tasks=names, num_fewshot=shots, task_manager=manager, limit=limit,
+                                          log_samples=False, bootstrap_iters=100, random_seed=seed,
+                                          numpy_random_seed=seed, torch_random_seed=seed,
+                                          fewshot_random_seed=seed)  # fmt: skip
+            for key in results:
+                results[key].update(out.get(key, {}))
+            config = out.get("config")
+    finally:
+        if own:
+            lm.close()
     for name, res in results["results"].items():
         n = results["n-samples"].get(name, {})
         res["samples"] = n.get("effective")
