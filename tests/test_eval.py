@@ -186,3 +186,30 @@ def test_cross_check_in_process_hf_and_server(offline, run_dir, tmp_path):
     bpb = "bits_per_byte,none"
     assert hf["results"]["flores200_bpb_deu_Latn"][bpb] == pytest.approx(
         ours["results"]["flores200_bpb_deu_Latn"][bpb], abs=1e-5)  # fmt: skip
+
+
+def test_generate_until_is_greedy_decoding(run_dir):
+    """generate_until (through the serving engine) returns the text of plain greedy argmax decoding, cut at `until`."""
+    import torch
+    from lm_eval.api.instance import Instance
+
+    from vernacular.eval.lm import VernacularLM
+
+    lm = VernacularLM(run_dir=str(run_dir), batch_size=4)
+    prompts = ["Die Hauptstadt von Frankreich ist", "Η πρωτεύουσα", "The capital of Poland is"]
+    requests = [Instance("generate_until", {}, (p, {"until": ["\n\n"], "max_gen_toks": 6}), i)
+                for i, p in enumerate(prompts)]  # fmt: skip
+    try:
+        got = lm.generate_until(requests, disable_tqdm=True)
+    finally:
+        lm.close()
+    for prompt, text in zip(prompts, got):
+        ids = lm.tok_encode(prompt)
+        with torch.inference_mode():
+            for _ in range(6):
+                nxt = int(lm.model(torch.tensor([ids])).logits[0, -1].argmax())
+                if nxt in lm.tokenizer.stop_ids:
+                    break
+                ids.append(nxt)
+        expected = lm.tok_decode(ids[len(lm.tok_encode(prompt)) :]).split("\n\n")[0]
+        assert text == expected
