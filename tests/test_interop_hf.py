@@ -114,7 +114,7 @@ def test_transformers_loads_export_with_same_logits(tmp_path, case):
 
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == "deepseek_v3" and cfg["architectures"] == ["DeepseekV3ForCausalLM"]
-    assert cfg["rope_interleave"] is False
+    assert cfg["rope_interleave"] is True  # DeepSeek's layout, the only one vLLM and llama.cpp apply
     got = theirs(out, ids)
     assert (got - expected).abs().max().item() < 1e-4
 
@@ -183,24 +183,34 @@ def test_mtp_weights_round_trip_in_deepseek_layout(tmp_path):
     assert abs(torch.stack(losses).mean().item() - a.mtp_loss.item()) < 1e-5
 
 
-def test_interleaved_rope_folder_imports_to_same_logits(tmp_path):
-    """DeepSeek's release stores RoPE rows interleaved; we permute them to halves on import."""
-    model = make_model(**CASES["q-lora+groups+yarn"])
-    ids = tokens(model.config.vocab_size)
+def test_export_is_in_deepseek_rope_layout_and_both_layouts_import(tmp_path):
+    """The export stores RoPE rows interleaved, as DeepSeek's release (main and MTP layers); a rotate-half folder
+    (`rope_interleave: false`, what older exports wrote) imports to the same model too."""
+    model = make_model(num_nextn_predict_layers=1, **CASES["q-lora+groups+yarn"])
+    c = model.config
+    ids = tokens(c.vocab_size)
     expected = ours(model, ids)
     out = export_hf(model, tmp_path / "hf")
     state = load_file(str(out / "model.safetensors"))
-    to_interleaved = torch.argsort(interleaved_to_half(model.config.qk_rope_head_dim))
-    interleaved = permute_rope_rows(state, model.config, to_interleaved)
-    changed = [k for k in state if not torch.equal(state[k], interleaved[k])]
-    assert changed and all("q_b_proj" in k or "kv_a_proj_with_mqa" in k for k in changed)
-    save_file(interleaved, str(out / "model.safetensors"))
-    cfg = json.loads((out / "config.json").read_text())
-    cfg["rope_interleave"] = True
-    (out / "config.json").write_text(json.dumps(cfg))
-
-    assert (theirs(out, ids) - expected).abs().max().item() < 1e-4  # transformers reads it interleaved
+    mine = model.state_dict()
+    L, nope, rope = c.num_hidden_layers, c.qk_nope_head_dim, c.qk_rope_head_dim
+    for layer, ours_prefix in ((0, "model.layers.0."), (L, "mtp.0.block.")):
+        q = state[f"model.layers.{layer}.self_attn.q_b_proj.weight"].view(c.num_attention_heads, -1, c.q_lora_rank)
+        q_ours = mine[ours_prefix + "self_attn.q_b_proj.weight"].view(c.num_attention_heads, -1, c.q_lora_rank)
+        assert torch.equal(q[:, :nope], q_ours[:, :nope])  # no-RoPE rows untouched
+        assert torch.equal(q[:, nope:][:, 0::2], q_ours[:, nope:][:, : rope // 2])  # pair (x_i, x_{i+d/2}) adjacent
+        assert torch.equal(q[:, nope:][:, 1::2], q_ours[:, nope:][:, rope // 2 :])
+        kv, kv_ours = (state[f"model.layers.{layer}.self_attn.kv_a_proj_with_mqa.weight"],
+                       mine[ours_prefix + "self_attn.kv_a_proj_with_mqa.weight"])
+        assert torch.equal(kv[c.kv_lora_rank :][1::2], kv_ours[c.kv_lora_rank :][rope // 2 :])
     assert torch.equal(ours(import_hf(out), ids), expected)  # we permute back exactly
+
+    halves = permute_rope_rows(state, c, interleaved_to_half(rope))
+    save_file(halves, str(out / "model.safetensors"))
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "rope_interleave": False}))
+    assert (theirs(out, ids) - expected).abs().max().item() < 1e-4  # transformers reads either layout
+    assert torch.equal(ours(import_hf(out), ids), expected)
 
 
 def test_corrupt_and_mismatched_folders_give_clear_errors(tmp_path):

@@ -9,9 +9,11 @@ Our module names already mirror transformers' DeepseekV3, so the mapping is a re
   layers `model.layers.{num_hidden_layers + k}.{enorm,hnorm,eh_proj,shared_head.norm,<block params>}` (plus copies of
   the shared `embed_tokens` / `shared_head.head`). transformers' main model ignores them; its `MtpModel` (speculative
   decoding) and vLLM read them;
-* RoPE layout: we rotate halves (`rotate_half`), so we export `rope_interleave: false`. DeepSeek's release uses the
-  interleaved layout (`rope_interleave: true`); importing it permutes the RoPE rows of the query and shared-key
-  projections from interleaved pairs to halves, which leaves q.k (hence the logits) unchanged.
+* RoPE layout: we rotate halves (`rotate_half`); DeepSeek's release uses the interleaved layout
+  (`rope_interleave: true`), and so does our export: the RoPE output rows of the query and shared-key projections (main
+  and MTP layers) are permuted from halves to interleaved pairs, which leaves q.k (hence the logits) unchanged. vLLM's
+  and llama.cpp's DeepSeek code always apply the interleaved layout (vLLM ignores `rope_interleave`), so only this
+  layout is served correctly everywhere. Import accepts both layouts and permutes interleaved rows back to halves.
 
 Everything goes through safetensors and JSON: no pickles anywhere.
 """
@@ -93,7 +95,7 @@ def config_to_hf(
         "rms_norm_eps": float(c.rms_norm_eps),
         "tie_word_embeddings": bool(c.tie_word_embeddings),
         "rope_parameters": rope,
-        "rope_interleave": False,  # our RoPE rotates halves
+        "rope_interleave": True,  # DeepSeek's layout: `to_hf_state_dict` permutes the RoPE rows to it
         "attention_bias": False,
         "attention_dropout": 0.0,
         "num_nextn_predict_layers": c.num_nextn_predict_layers,
@@ -192,6 +194,11 @@ def interleaved_to_half(d: int) -> torch.Tensor:
     return torch.cat([torch.arange(0, d, 2), torch.arange(1, d, 2)])
 
 
+def half_to_interleaved(d: int) -> torch.Tensor:
+    """Row order that turns halves (x0,x2,..,x1,x3,..) into interleaved pairs: the inverse of `interleaved_to_half`."""
+    return torch.argsort(interleaved_to_half(d))
+
+
 def permute_rope_rows(state: dict[str, torch.Tensor], config: ModelConfig, perm: torch.Tensor) -> dict[str, torch.Tensor]:
     """Reorder the RoPE output rows of every query and shared-key projection (main layers and MTP blocks)."""
     c = config
@@ -242,7 +249,8 @@ def _hf_to_mtp(key: str, num_layers: int) -> str:
 
 
 def to_hf_state_dict(model: Transformer, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Our state dict under transformers' names: experts split per expert, MTP as extra layers, router bias fp32."""
+    """Our state dict under transformers' names, in DeepSeek's release layout: experts split per expert, MTP as extra
+    layers, RoPE rows interleaved (`rope_interleave: true`), router bias fp32."""
     config = model.config
     L = config.num_hidden_layers
     out: dict[str, torch.Tensor] = {}
@@ -263,6 +271,7 @@ def to_hf_state_dict(model: Transformer, dtype: torch.dtype | None = None) -> di
         for k in range(config.num_nextn_predict_layers):
             out[f"model.layers.{L + k}.embed_tokens.weight"] = out["model.embed_tokens.weight"]
             out[f"model.layers.{L + k}.shared_head.head.weight"] = out["lm_head.weight"]
+    out = permute_rope_rows(out, config, half_to_interleaved(config.qk_rope_head_dim))
     result = {}
     for key, t in out.items():
         if key.endswith("e_score_correction_bias"):
@@ -447,7 +456,7 @@ Trained with [Vernacular](https://github.com/) and exported by `vernacular expor
 - {n_params / 1e6:.1f} M parameters; {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} MLA heads
   (kv_lora_rank {c.kv_lora_rank}, q_lora_rank {c.q_lora_rank}), {c.n_routed_experts} routed experts top-{c.num_experts_per_tok}
   + {c.n_shared_experts} shared, first {c.first_k_dense_replace} layer(s) dense, vocabulary {c.vocab_size}; {mtp}.
-- RoPE in the rotate-half layout (`rope_interleave: false`).
+- RoPE rows in DeepSeek's interleaved layout (`rope_interleave: true`), as vLLM and llama.cpp expect.
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
