@@ -46,4 +46,8 @@ def main(args: argparse.Namespace) -> int:
         run.record_stage("export", {"format": "hf", "checkpoint": str(ckpt), "out": str(out), "dtype": args.dtype})
     print(f"exported {ckpt} -> {out}" + (" (with tokenizer)" if tokenizer else " (no tokenizer)"))
     print(f"load it with: transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    from vernacular.model.info import vllm_mla_support
+
+    advice = vllm_mla_support(model.config)["advice"]
+    print(f"vLLM: {advice}" if advice else "vLLM: served by its MLA kernels (MLA head size 576) on GPU and CPU")
     return 0
