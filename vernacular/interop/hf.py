@@ -115,16 +115,36 @@ def config_to_hf(
     return hf
 
 
-def config_from_hf(hf: dict[str, Any]) -> tuple[ModelConfig, bool]:
-    """Our ModelConfig from a DeepseekV3 `config.json` (transformers 5.x or DeepSeek's release), plus rope_interleave."""
-    if hf.get("model_type") not in ("deepseek_v3", None):
-        raise InteropError(f"model_type {hf.get('model_type')!r} is not deepseek_v3")
-    if hf.get("quantization_config"):
-        method = hf["quantization_config"].get("quant_method", "?")
+def is_deepseek_v3(hf: dict[str, Any]) -> bool:
+    """Whether a `config.json` describes a DeepseekV3ForCausalLM, whatever its `model_type` (DeepSeek-V3/R1 say
+    `deepseek_v3`, Kimi K2 says `kimi_k2` with the same architecture)."""
+    return hf.get("model_type") == "deepseek_v3" or "DeepseekV3ForCausalLM" in (hf.get("architectures") or [])
+
+
+def fp8_block_size(hf: dict[str, Any]) -> tuple[int, int] | None:
+    """The FP8 block size of a block-quantized release (DeepSeek-V3's `quantization_config`: quant_method "fp8", fmt
+    "e4m3", weight_block_size [128, 128]); None for an unquantized folder. Other quantizations raise InteropError."""
+    q = hf.get("quantization_config")
+    if not q:
+        return None
+    method, fmt, block = q.get("quant_method"), q.get("fmt", "e4m3"), q.get("weight_block_size")
+    if method != "fp8" or fmt != "e4m3" or not (isinstance(block, list) and len(block) == 2):
         raise InteropError(
-            f"quantized checkpoints ({method}, e.g. DeepSeek's FP8 release) are not supported: "
-            "dequantize to bf16 first (DeepSeek's inference/fp8_cast_bf16.py)"
+            f"quantization_config {q} is not supported: Vernacular reads DeepSeek's block-wise FP8 "
+            "(quant_method fp8, fmt e4m3, weight_block_size [r, c]); dequantize other formats first"
         )
+    return int(block[0]), int(block[1])
+
+
+def config_from_hf(hf: dict[str, Any]) -> tuple[ModelConfig, bool]:
+    """Our ModelConfig from a DeepseekV3 `config.json` (transformers 5.x, DeepSeek's release or any folder of the
+    `DeepseekV3ForCausalLM` architecture, e.g. Kimi K2's `kimi_k2`), plus rope_interleave."""
+    if not (is_deepseek_v3(hf) or hf.get("model_type") is None):
+        raise InteropError(
+            f"model_type {hf.get('model_type')!r} with architectures {hf.get('architectures')} is not "
+            "DeepseekV3ForCausalLM"
+        )
+    fp8_block_size(hf)  # refuses quantizations other than DeepSeek's FP8 early, before reading weights
     checks = {
         "hidden_act": ("silu",),
         "scoring_func": ("sigmoid",),
@@ -345,8 +365,26 @@ def _stack_experts(parts: dict[str, list[torch.Tensor]], config: ModelConfig) ->
 # ------------------------------------------------------------------------------------------------------------ files
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of one safetensors file or of a sharded folder (`model.safetensors.index.json`)."""
+def dequantize_fp8(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] = (128, 128),
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+    """A block-quantized FP8 weight [out, in] times its per-block `weight_scale_inv` [ceil(out/r), ceil(in/c)]:
+    w[i, j] * scale_inv[i // r, j // c], in `dtype` (DeepSeek-V3 inference/kernel.py `weight_dequant`; the last
+    blocks of a dimension that is not a multiple of the block are partial)."""
+    r, c = block
+    rows, cols = weight.shape
+    want = (-(-rows // r), -(-cols // c))
+    if tuple(scale_inv.shape) != want:
+        raise InteropError(f"weight_scale_inv of shape {tuple(scale_inv.shape)} for a {rows}x{cols} weight in "
+                           f"{r}x{c} blocks: expected {want}")  # fmt: skip
+    scale = scale_inv.float().repeat_interleave(r, 0)[:rows].repeat_interleave(c, 1)[:, :cols]
+    return (weight.float() * scale).to(dtype)
+
+
+def read_safetensors(path: Path, fp8_block: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of one safetensors file or of a sharded folder (`model.safetensors.index.json`).
+
+    With `fp8_block` (from `fp8_block_size(config)`), FP8 weights are dequantized to fp32 with their
+    `<name>_scale_inv` block scales, tensor by tensor as they are read; without it, FP8 tensors raise InteropError."""
     path = Path(path)
     if path.is_dir():
         index = path / HF_INDEX
@@ -370,17 +408,29 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():
                     tensors[key] = f.get_tensor(key)
+                    if fp8_block is not None:
+                        _dequantize_ready(tensors, key, fp8_block, file)
         except (SafetensorError, OSError, RuntimeError) as e:
             raise InteropError(
                 f"{file} is not a readable safetensors file (corrupt or truncated? {file.stat().st_size} bytes): {e}"
             ) from e
     fp8 = [k for k, t in tensors.items() if k.endswith("weight_scale_inv") or t.dtype in _FP8_DTYPES]
-    if fp8:
+    if fp8 and fp8_block is None:
         raise InteropError(
-            f"{path} holds FP8-quantized weights (e.g. {fp8[0]}); FP8 is not supported: "
-            "dequantize to bf16 first (DeepSeek's inference/fp8_cast_bf16.py)"
+            f"{path} holds FP8-quantized weights (e.g. {fp8[0]}) but its config.json has no FP8 "
+            "quantization_config (quant_method fp8, weight_block_size)"
         )
+    if fp8:
+        raise InteropError(f"{path}: FP8 weights without their weight_scale_inv (or the reverse): {fp8[:4]}")
     return tensors
+
+
+def _dequantize_ready(tensors: dict[str, torch.Tensor], key: str, block: tuple[int, int], file: Path) -> None:
+    """Once an FP8 weight and its scale have both been read, replace them by the dequantized weight."""
+    weight_key = key.removesuffix("_scale_inv")
+    scale_key = weight_key + "_scale_inv"
+    if weight_key in tensors and scale_key in tensors and tensors[weight_key].dtype in _FP8_DTYPES:
+        tensors[weight_key] = dequantize_fp8(tensors[weight_key], tensors.pop(scale_key), block)
 
 
 _FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
@@ -503,7 +553,8 @@ def export_hf(
 
 
 def import_hf(path: str | Path) -> Transformer:
-    """A transformers DeepseekV3 folder (ours or DeepSeek's bf16 layout) as a Vernacular model, validated."""
+    """A `DeepseekV3ForCausalLM` folder (ours, DeepSeek's release in bf16 or block-wise FP8, or another model_type of
+    that architecture such as Kimi K2) as a Vernacular model, validated. FP8 weights are dequantized on load."""
     path = Path(path)
     cfg_path = path / "config.json"
     if not cfg_path.exists():
@@ -513,7 +564,7 @@ def import_hf(path: str | Path) -> Transformer:
     except json.JSONDecodeError as e:
         raise InteropError(f"{cfg_path} is not valid JSON: {e}") from e
     config, interleave = config_from_hf(hf_config)
-    state = from_hf_state_dict(read_safetensors(path), config, rope_interleave=interleave)
+    state = from_hf_state_dict(read_safetensors(path, fp8_block_size(hf_config)), config, rope_interleave=interleave)
     return _load_into(config, state, path, hf_names=True)
 
 
@@ -545,7 +596,7 @@ def checkpoint_config(ckpt_dir: Path) -> ModelConfig:
             if key not in d:
                 continue
             d = d[key]
-        if d.get("model_type") == "deepseek_v3":
+        if is_deepseek_v3(d):
             raise InteropError(f"{ckpt_dir} is a transformers folder: use `vernacular import hf {ckpt_dir}`")
         try:
             return ModelConfig.from_dict(d)
@@ -590,4 +641,6 @@ __all__ = [
     "save_checkpoint",
     "latest_checkpoint",
     "read_safetensors",
+    "dequantize_fp8",
+    "is_deepseek_v3",
 ]
