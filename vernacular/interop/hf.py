@@ -409,7 +409,7 @@ def read_safetensors(path: Path, fp8_block: tuple[int, int] | None = None) -> di
                 for key in f.keys():
                     tensors[key] = f.get_tensor(key)
                     if fp8_block is not None:
-                        _dequantize_ready(tensors, key, fp8_block, file)
+                        _dequantize_ready(tensors, key, fp8_block)
         except (SafetensorError, OSError, RuntimeError) as e:
             raise InteropError(
                 f"{file} is not a readable safetensors file (corrupt or truncated? {file.stat().st_size} bytes): {e}"
@@ -425,7 +425,7 @@ def read_safetensors(path: Path, fp8_block: tuple[int, int] | None = None) -> di
     return tensors
 
 
-def _dequantize_ready(tensors: dict[str, torch.Tensor], key: str, block: tuple[int, int], file: Path) -> None:
+def _dequantize_ready(tensors: dict[str, torch.Tensor], key: str, block: tuple[int, int]) -> None:
     """Once an FP8 weight and its scale have both been read, replace them by the dequantized weight."""
     weight_key = key.removesuffix("_scale_inv")
     scale_key = weight_key + "_scale_inv"
