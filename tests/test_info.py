@@ -92,3 +92,26 @@ def test_cli_bad_config(capsys, tmp_path):
     assert rc == 2 and "num_layers" in out.err
     rc, out = _run_cli(["presets"], capsys)
     assert rc == 0 and "deepseek-v3-671b" in out.out.split()
+
+
+def test_serving_presets_fit_vllms_mla_kernels(capsys):
+    """vLLM's MLA takes kv_lora_rank + qk_rope_head_dim as head size: {320, 512, 576} on GPU, 576 on CPU."""
+    from vernacular.model.info import vllm_mla_support
+
+    for name in ModelConfig.presets():
+        cfg = ModelConfig.load(name)
+        check = vllm_mla_support(cfg)
+        assert check["head_size"] == cfg.kv_lora_rank + cfg.qk_rope_head_dim
+        if name != "tiny":  # every preset meant for serving: DeepSeek's 512 + 64
+            assert (cfg.kv_lora_rank, cfg.qk_rope_head_dim) == (512, 64), name
+            assert check == {"head_size": 576, "gpu": True, "cpu": True, "advice": None}, name
+    tiny = vllm_mla_support(ModelConfig.load("tiny"))
+    assert not tiny["gpu"] and not tiny["cpu"] and "VLLM_MLA_DISABLE=1" in tiny["advice"]
+    gpu_only = vllm_mla_support(ModelConfig.load("tiny", kv_lora_rank=256, qk_rope_head_dim=64))
+    assert gpu_only["gpu"] and not gpu_only["cpu"] and "CPU" in gpu_only["advice"]
+    assert not vllm_mla_support(ModelConfig.load("moe-1b", kv_lora_rank=256, qk_rope_head_dim=32))["gpu"]  # 288
+
+    rc, out = _run_cli(["info", "--config", "tiny"], capsys)
+    assert rc == 0 and "is not an MLA head size vLLM supports" in out.out and "VLLM_MLA_DISABLE=1" in out.out
+    rc, out = _run_cli(["info", "--config", "moe-1b", "--json"], capsys)
+    assert rc == 0 and json.loads(out.out)["vllm_mla"]["head_size"] == 576

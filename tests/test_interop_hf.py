@@ -114,7 +114,7 @@ def test_transformers_loads_export_with_same_logits(tmp_path, case):
 
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["model_type"] == "deepseek_v3" and cfg["architectures"] == ["DeepseekV3ForCausalLM"]
-    assert cfg["rope_interleave"] is False
+    assert cfg["rope_interleave"] is True  # DeepSeek's layout, the only one vLLM and llama.cpp apply
     got = theirs(out, ids)
     assert (got - expected).abs().max().item() < 1e-4
 
@@ -183,24 +183,34 @@ def test_mtp_weights_round_trip_in_deepseek_layout(tmp_path):
     assert abs(torch.stack(losses).mean().item() - a.mtp_loss.item()) < 1e-5
 
 
-def test_interleaved_rope_folder_imports_to_same_logits(tmp_path):
-    """DeepSeek's release stores RoPE rows interleaved; we permute them to halves on import."""
-    model = make_model(**CASES["q-lora+groups+yarn"])
-    ids = tokens(model.config.vocab_size)
+def test_export_is_in_deepseek_rope_layout_and_both_layouts_import(tmp_path):
+    """The export stores RoPE rows interleaved, as DeepSeek's release (main and MTP layers); a rotate-half folder
+    (`rope_interleave: false`, what older exports wrote) imports to the same model too."""
+    model = make_model(num_nextn_predict_layers=1, **CASES["q-lora+groups+yarn"])
+    c = model.config
+    ids = tokens(c.vocab_size)
     expected = ours(model, ids)
     out = export_hf(model, tmp_path / "hf")
     state = load_file(str(out / "model.safetensors"))
-    to_interleaved = torch.argsort(interleaved_to_half(model.config.qk_rope_head_dim))
-    interleaved = permute_rope_rows(state, model.config, to_interleaved)
-    changed = [k for k in state if not torch.equal(state[k], interleaved[k])]
-    assert changed and all("q_b_proj" in k or "kv_a_proj_with_mqa" in k for k in changed)
-    save_file(interleaved, str(out / "model.safetensors"))
-    cfg = json.loads((out / "config.json").read_text())
-    cfg["rope_interleave"] = True
-    (out / "config.json").write_text(json.dumps(cfg))
-
-    assert (theirs(out, ids) - expected).abs().max().item() < 1e-4  # transformers reads it interleaved
+    mine = model.state_dict()
+    L, nope, rope = c.num_hidden_layers, c.qk_nope_head_dim, c.qk_rope_head_dim
+    for layer, ours_prefix in ((0, "model.layers.0."), (L, "mtp.0.block.")):
+        q = state[f"model.layers.{layer}.self_attn.q_b_proj.weight"].view(c.num_attention_heads, -1, c.q_lora_rank)
+        q_ours = mine[ours_prefix + "self_attn.q_b_proj.weight"].view(c.num_attention_heads, -1, c.q_lora_rank)
+        assert torch.equal(q[:, :nope], q_ours[:, :nope])  # no-RoPE rows untouched
+        assert torch.equal(q[:, nope:][:, 0::2], q_ours[:, nope:][:, : rope // 2])  # pair (x_i, x_{i+d/2}) adjacent
+        assert torch.equal(q[:, nope:][:, 1::2], q_ours[:, nope:][:, rope // 2 :])
+        kv, kv_ours = (state[f"model.layers.{layer}.self_attn.kv_a_proj_with_mqa.weight"],
+                       mine[ours_prefix + "self_attn.kv_a_proj_with_mqa.weight"])
+        assert torch.equal(kv[c.kv_lora_rank :][1::2], kv_ours[c.kv_lora_rank :][rope // 2 :])
     assert torch.equal(ours(import_hf(out), ids), expected)  # we permute back exactly
+
+    halves = permute_rope_rows(state, c, interleaved_to_half(rope))
+    save_file(halves, str(out / "model.safetensors"))
+    cfg = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**cfg, "rope_interleave": False}))
+    assert (theirs(out, ids) - expected).abs().max().item() < 1e-4  # transformers reads either layout
+    assert torch.equal(ours(import_hf(out), ids), expected)
 
 
 def test_corrupt_and_mismatched_folders_give_clear_errors(tmp_path):
@@ -345,3 +355,81 @@ def test_export_of_bad_checkpoints_reports_the_file(tmp_path):
         load_checkpoint(ckpt)
     (ckpt / "state.json").unlink()  # config.json alone is enough
     assert torch.equal(ours(load_checkpoint(ckpt), tokens(320)), ours(model, tokens(320)))
+
+
+def _fp8_quantize(w: torch.Tensor, block: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """DeepSeek-V3's block-wise FP8 (e4m3, one fp32 scale per 128x128 block, 448 = e4m3's largest value), as its
+    training quantizes weights for the release: scale_inv = amax / 448, q = w / scale_inv."""
+    rows, cols = w.shape
+    nr, nc = -(-rows // block), -(-cols // block)
+    padded = torch.zeros(nr * block, nc * block)
+    padded[:rows, :cols] = w.float()
+    blocks = padded.view(nr, block, nc, block)
+    scale_inv = blocks.abs().amax(dim=(1, 3)).clamp(min=1e-12) / 448.0
+    q = (blocks / scale_inv[:, None, :, None]).view(nr * block, nc * block)[:rows, :cols]
+    return q.to(torch.float8_e4m3fn), scale_inv
+
+
+def test_dequantize_fp8_blocks_partial_edges():
+    from vernacular.interop.hf import dequantize_fp8
+
+    w = torch.randn(300, 200, generator=torch.Generator().manual_seed(0))  # 3x2 blocks, the last ones partial
+    q, s = _fp8_quantize(w)
+    assert s.shape == (3, 2)
+    got = dequantize_fp8(q, s)
+    ref = torch.empty_like(w)
+    rows = torch.arange(300) // 128
+    for j in range(200):  # element (i, j) scaled by block (i // 128, j // 128)
+        ref[:, j] = q[:, j].float() * s[rows, j // 128]
+    assert torch.equal(got, ref)
+    assert (got - w).abs().max() < 0.07 * w.abs().max()  # e4m3 keeps 3 mantissa bits
+    with pytest.raises(InteropError, match=r"expected \(3, 2\)"):
+        dequantize_fp8(q, s[:, :1])
+
+
+def test_fp8_release_imports_dequantized_and_any_deepseek_v3_model_type(tmp_path):
+    """A folder written as DeepSeek's FP8 release (float8_e4m3fn weights + `weight_scale_inv`, quantization_config,
+    sharded) imports with the weights dequantized; a `kimi_k2` model_type of the same architecture imports too."""
+    from vernacular.interop.hf import dequantize_fp8
+
+    model = make_model(num_nextn_predict_layers=1, **CASES["q-lora+groups+yarn"])
+    out = export_hf(model, tmp_path / "fp8")
+    state = load_file(str(out / "model.safetensors"))
+    fp8, reference = {}, dict(state)
+    for key, t in state.items():
+        if key.startswith("model.layers.") and key.endswith("_proj.weight"):
+            q, s = _fp8_quantize(t)
+            fp8[key], fp8[key[: -len(".weight")] + ".weight_scale_inv"] = q, s
+            reference[key] = dequantize_fp8(q, s)
+        else:
+            fp8[key] = t.to(torch.bfloat16) if "norm" not in key and "bias" not in key else t
+            reference[key] = fp8[key].float()
+    keys = sorted(fp8)
+    shards = {"model-00001-of-00002.safetensors": keys[: len(keys) // 2],
+              "model-00002-of-00002.safetensors": keys[len(keys) // 2 :]}  # weight and scale may be apart
+    for name, part in shards.items():
+        save_file({k: fp8[k] for k in part}, str(out / name))
+    (out / "model.safetensors").unlink()
+    (out / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: n for n, part in shards.items() for k in part}}))
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                  "weight_block_size": [128, 128]}
+    (out / "config.json").write_text(json.dumps(cfg))
+
+    imported = import_hf(out)
+    ref_dir = tmp_path / "ref"
+    export_hf(model, ref_dir)
+    save_file(reference, str(ref_dir / "model.safetensors"))
+    ids = tokens(model.config.vocab_size)
+    assert torch.equal(ours(imported, ids), ours(import_hf(ref_dir), ids))  # dequantized exactly as DeepSeek's kernel
+    assert (ours(imported, ids) - ours(model, ids)).abs().max() < 0.5  # and close to the unquantized model
+
+    (out / "config.json").write_text(json.dumps({**cfg, "model_type": "kimi_k2"}))
+    assert torch.equal(ours(import_hf(out), ids), ours(imported, ids))
+    (out / "config.json").write_text(json.dumps({**cfg, "model_type": "llama", "architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(InteropError, match="not DeepseekV3ForCausalLM"):
+        import_hf(out)
+    (out / "config.json").write_text(json.dumps({**cfg, "quantization_config": None}))
+    with pytest.raises(InteropError, match="no FP8 quantization_config"):
+        import_hf(out)

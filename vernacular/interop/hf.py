@@ -9,9 +9,11 @@ Our module names already mirror transformers' DeepseekV3, so the mapping is a re
   layers `model.layers.{num_hidden_layers + k}.{enorm,hnorm,eh_proj,shared_head.norm,<block params>}` (plus copies of
   the shared `embed_tokens` / `shared_head.head`). transformers' main model ignores them; its `MtpModel` (speculative
   decoding) and vLLM read them;
-* RoPE layout: we rotate halves (`rotate_half`), so we export `rope_interleave: false`. DeepSeek's release uses the
-  interleaved layout (`rope_interleave: true`); importing it permutes the RoPE rows of the query and shared-key
-  projections from interleaved pairs to halves, which leaves q.k (hence the logits) unchanged.
+* RoPE layout: we rotate halves (`rotate_half`); DeepSeek's release uses the interleaved layout
+  (`rope_interleave: true`), and so does our export: the RoPE output rows of the query and shared-key projections (main
+  and MTP layers) are permuted from halves to interleaved pairs, which leaves q.k (hence the logits) unchanged. vLLM's
+  and llama.cpp's DeepSeek code always apply the interleaved layout (vLLM ignores `rope_interleave`), so only this
+  layout is served correctly everywhere. Import accepts both layouts and permutes interleaved rows back to halves.
 
 Everything goes through safetensors and JSON: no pickles anywhere.
 """
@@ -93,7 +95,7 @@ def config_to_hf(
         "rms_norm_eps": float(c.rms_norm_eps),
         "tie_word_embeddings": bool(c.tie_word_embeddings),
         "rope_parameters": rope,
-        "rope_interleave": False,  # our RoPE rotates halves
+        "rope_interleave": True,  # DeepSeek's layout: `to_hf_state_dict` permutes the RoPE rows to it
         "attention_bias": False,
         "attention_dropout": 0.0,
         "num_nextn_predict_layers": c.num_nextn_predict_layers,
@@ -113,16 +115,36 @@ def config_to_hf(
     return hf
 
 
-def config_from_hf(hf: dict[str, Any]) -> tuple[ModelConfig, bool]:
-    """Our ModelConfig from a DeepseekV3 `config.json` (transformers 5.x or DeepSeek's release), plus rope_interleave."""
-    if hf.get("model_type") not in ("deepseek_v3", None):
-        raise InteropError(f"model_type {hf.get('model_type')!r} is not deepseek_v3")
-    if hf.get("quantization_config"):
-        method = hf["quantization_config"].get("quant_method", "?")
+def is_deepseek_v3(hf: dict[str, Any]) -> bool:
+    """Whether a `config.json` describes a DeepseekV3ForCausalLM, whatever its `model_type` (DeepSeek-V3/R1 say
+    `deepseek_v3`, Kimi K2 says `kimi_k2` with the same architecture)."""
+    return hf.get("model_type") == "deepseek_v3" or "DeepseekV3ForCausalLM" in (hf.get("architectures") or [])
+
+
+def fp8_block_size(hf: dict[str, Any]) -> tuple[int, int] | None:
+    """The FP8 block size of a block-quantized release (DeepSeek-V3's `quantization_config`: quant_method "fp8", fmt
+    "e4m3", weight_block_size [128, 128]); None for an unquantized folder. Other quantizations raise InteropError."""
+    q = hf.get("quantization_config")
+    if not q:
+        return None
+    method, fmt, block = q.get("quant_method"), q.get("fmt", "e4m3"), q.get("weight_block_size")
+    if method != "fp8" or fmt != "e4m3" or not (isinstance(block, list) and len(block) == 2):
         raise InteropError(
-            f"quantized checkpoints ({method}, e.g. DeepSeek's FP8 release) are not supported: "
-            "dequantize to bf16 first (DeepSeek's inference/fp8_cast_bf16.py)"
+            f"quantization_config {q} is not supported: Vernacular reads DeepSeek's block-wise FP8 "
+            "(quant_method fp8, fmt e4m3, weight_block_size [r, c]); dequantize other formats first"
         )
+    return int(block[0]), int(block[1])
+
+
+def config_from_hf(hf: dict[str, Any]) -> tuple[ModelConfig, bool]:
+    """Our ModelConfig from a DeepseekV3 `config.json` (transformers 5.x, DeepSeek's release or any folder of the
+    `DeepseekV3ForCausalLM` architecture, e.g. Kimi K2's `kimi_k2`), plus rope_interleave."""
+    if not (is_deepseek_v3(hf) or hf.get("model_type") is None):
+        raise InteropError(
+            f"model_type {hf.get('model_type')!r} with architectures {hf.get('architectures')} is not "
+            "DeepseekV3ForCausalLM"
+        )
+    fp8_block_size(hf)  # refuses quantizations other than DeepSeek's FP8 early, before reading weights
     checks = {
         "hidden_act": ("silu",),
         "scoring_func": ("sigmoid",),
@@ -192,6 +214,11 @@ def interleaved_to_half(d: int) -> torch.Tensor:
     return torch.cat([torch.arange(0, d, 2), torch.arange(1, d, 2)])
 
 
+def half_to_interleaved(d: int) -> torch.Tensor:
+    """Row order that turns halves (x0,x2,..,x1,x3,..) into interleaved pairs: the inverse of `interleaved_to_half`."""
+    return torch.argsort(interleaved_to_half(d))
+
+
 def permute_rope_rows(state: dict[str, torch.Tensor], config: ModelConfig, perm: torch.Tensor) -> dict[str, torch.Tensor]:
     """Reorder the RoPE output rows of every query and shared-key projection (main layers and MTP blocks)."""
     c = config
@@ -242,7 +269,8 @@ def _hf_to_mtp(key: str, num_layers: int) -> str:
 
 
 def to_hf_state_dict(model: Transformer, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Our state dict under transformers' names: experts split per expert, MTP as extra layers, router bias fp32."""
+    """Our state dict under transformers' names, in DeepSeek's release layout: experts split per expert, MTP as extra
+    layers, RoPE rows interleaved (`rope_interleave: true`), router bias fp32."""
     config = model.config
     L = config.num_hidden_layers
     out: dict[str, torch.Tensor] = {}
@@ -263,6 +291,7 @@ def to_hf_state_dict(model: Transformer, dtype: torch.dtype | None = None) -> di
         for k in range(config.num_nextn_predict_layers):
             out[f"model.layers.{L + k}.embed_tokens.weight"] = out["model.embed_tokens.weight"]
             out[f"model.layers.{L + k}.shared_head.head.weight"] = out["lm_head.weight"]
+    out = permute_rope_rows(out, config, half_to_interleaved(config.qk_rope_head_dim))
     result = {}
     for key, t in out.items():
         if key.endswith("e_score_correction_bias"):
@@ -336,8 +365,26 @@ def _stack_experts(parts: dict[str, list[torch.Tensor]], config: ModelConfig) ->
 # ------------------------------------------------------------------------------------------------------------ files
 
 
-def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of one safetensors file or of a sharded folder (`model.safetensors.index.json`)."""
+def dequantize_fp8(weight: torch.Tensor, scale_inv: torch.Tensor, block: tuple[int, int] = (128, 128),
+                   dtype: torch.dtype = torch.float32) -> torch.Tensor:  # fmt: skip
+    """A block-quantized FP8 weight [out, in] times its per-block `weight_scale_inv` [ceil(out/r), ceil(in/c)]:
+    w[i, j] * scale_inv[i // r, j // c], in `dtype` (DeepSeek-V3 inference/kernel.py `weight_dequant`; the last
+    blocks of a dimension that is not a multiple of the block are partial)."""
+    r, c = block
+    rows, cols = weight.shape
+    want = (-(-rows // r), -(-cols // c))
+    if tuple(scale_inv.shape) != want:
+        raise InteropError(f"weight_scale_inv of shape {tuple(scale_inv.shape)} for a {rows}x{cols} weight in "
+                           f"{r}x{c} blocks: expected {want}")  # fmt: skip
+    scale = scale_inv.float().repeat_interleave(r, 0)[:rows].repeat_interleave(c, 1)[:, :cols]
+    return (weight.float() * scale).to(dtype)
+
+
+def read_safetensors(path: Path, fp8_block: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """All tensors of one safetensors file or of a sharded folder (`model.safetensors.index.json`).
+
+    With `fp8_block` (from `fp8_block_size(config)`), FP8 weights are dequantized to fp32 with their
+    `<name>_scale_inv` block scales, tensor by tensor as they are read; without it, FP8 tensors raise InteropError."""
     path = Path(path)
     if path.is_dir():
         index = path / HF_INDEX
@@ -361,17 +408,29 @@ def read_safetensors(path: Path) -> dict[str, torch.Tensor]:
             with safe_open(str(file), framework="pt") as f:
                 for key in f.keys():
                     tensors[key] = f.get_tensor(key)
+                    if fp8_block is not None:
+                        _dequantize_ready(tensors, key, fp8_block)
         except (SafetensorError, OSError, RuntimeError) as e:
             raise InteropError(
                 f"{file} is not a readable safetensors file (corrupt or truncated? {file.stat().st_size} bytes): {e}"
             ) from e
     fp8 = [k for k, t in tensors.items() if k.endswith("weight_scale_inv") or t.dtype in _FP8_DTYPES]
-    if fp8:
+    if fp8 and fp8_block is None:
         raise InteropError(
-            f"{path} holds FP8-quantized weights (e.g. {fp8[0]}); FP8 is not supported: "
-            "dequantize to bf16 first (DeepSeek's inference/fp8_cast_bf16.py)"
+            f"{path} holds FP8-quantized weights (e.g. {fp8[0]}) but its config.json has no FP8 "
+            "quantization_config (quant_method fp8, weight_block_size)"
         )
+    if fp8:
+        raise InteropError(f"{path}: FP8 weights without their weight_scale_inv (or the reverse): {fp8[:4]}")
     return tensors
+
+
+def _dequantize_ready(tensors: dict[str, torch.Tensor], key: str, block: tuple[int, int]) -> None:
+    """Once an FP8 weight and its scale have both been read, replace them by the dequantized weight."""
+    weight_key = key.removesuffix("_scale_inv")
+    scale_key = weight_key + "_scale_inv"
+    if weight_key in tensors and scale_key in tensors and tensors[weight_key].dtype in _FP8_DTYPES:
+        tensors[weight_key] = dequantize_fp8(tensors[weight_key], tensors.pop(scale_key), block)
 
 
 _FP8_DTYPES = tuple(getattr(torch, n) for n in ("float8_e4m3fn", "float8_e5m2") if hasattr(torch, n))
@@ -447,7 +506,7 @@ Trained with [Vernacular](https://github.com/) and exported by `vernacular expor
 - {n_params / 1e6:.1f} M parameters; {c.num_hidden_layers} layers, hidden {c.hidden_size}, {c.num_attention_heads} MLA heads
   (kv_lora_rank {c.kv_lora_rank}, q_lora_rank {c.q_lora_rank}), {c.n_routed_experts} routed experts top-{c.num_experts_per_tok}
   + {c.n_shared_experts} shared, first {c.first_k_dense_replace} layer(s) dense, vocabulary {c.vocab_size}; {mtp}.
-- RoPE in the rotate-half layout (`rope_interleave: false`).
+- RoPE rows in DeepSeek's interleaved layout (`rope_interleave: true`), as vLLM and llama.cpp expect.
 
 ```python
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -494,7 +553,8 @@ def export_hf(
 
 
 def import_hf(path: str | Path) -> Transformer:
-    """A transformers DeepseekV3 folder (ours or DeepSeek's bf16 layout) as a Vernacular model, validated."""
+    """A `DeepseekV3ForCausalLM` folder (ours, DeepSeek's release in bf16 or block-wise FP8, or another model_type of
+    that architecture such as Kimi K2) as a Vernacular model, validated. FP8 weights are dequantized on load."""
     path = Path(path)
     cfg_path = path / "config.json"
     if not cfg_path.exists():
@@ -504,7 +564,7 @@ def import_hf(path: str | Path) -> Transformer:
     except json.JSONDecodeError as e:
         raise InteropError(f"{cfg_path} is not valid JSON: {e}") from e
     config, interleave = config_from_hf(hf_config)
-    state = from_hf_state_dict(read_safetensors(path), config, rope_interleave=interleave)
+    state = from_hf_state_dict(read_safetensors(path, fp8_block_size(hf_config)), config, rope_interleave=interleave)
     return _load_into(config, state, path, hf_names=True)
 
 
@@ -536,7 +596,7 @@ def checkpoint_config(ckpt_dir: Path) -> ModelConfig:
             if key not in d:
                 continue
             d = d[key]
-        if d.get("model_type") == "deepseek_v3":
+        if is_deepseek_v3(d):
             raise InteropError(f"{ckpt_dir} is a transformers folder: use `vernacular import hf {ckpt_dir}`")
         try:
             return ModelConfig.from_dict(d)
@@ -581,4 +641,6 @@ __all__ = [
     "save_checkpoint",
     "latest_checkpoint",
     "read_safetensors",
+    "dequantize_fp8",
+    "is_deepseek_v3",
 ]

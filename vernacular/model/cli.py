@@ -70,6 +70,9 @@ def main(args: argparse.Namespace) -> int:
         f"  MLA latent               {kv['latent']:>10,} B",
         f"  MHA, same heads          {kv['mha']:>10,} B",
         f"  MHA / latent             {kv['mha_over_latent']:>10.1f}x",
+        "vLLM: " + (f"MLA head size {info['vllm_mla']['head_size']} (kv_lora_rank + qk_rope_head_dim) is served by "
+                    "vLLM's MLA kernels on GPU and CPU" if info["vllm_mla"]["advice"] is None
+                    else info["vllm_mla"]["advice"]),
     ]
     print("\n".join(lines))
     return 0

@@ -125,6 +125,35 @@ def kv_cache_bytes_per_token(config: ModelConfig, dtype_bytes: int = 2) -> KVCac
     return KVCacheBytes(latent, mha)
 
 
+# vLLM's MLA attention takes `kv_lora_rank + qk_rope_head_dim` as its head size: its GPU MLA backends accept only these
+# (vllm/v1/attention/backends/mla: "Head dimension ... is not supported by MLA"), its CPU MLA kernel only 576.
+VLLM_MLA_HEAD_SIZES = (320, 512, 576)
+VLLM_CPU_MLA_HEAD_SIZES = (576,)
+
+
+def vllm_mla_support(config: ModelConfig) -> dict:
+    """Whether vLLM can serve `config` through its MLA kernels (latent KV cache), and what to do if not.
+
+    Returns {"head_size": kv_lora_rank + qk_rope_head_dim, "gpu": bool, "cpu": bool, "advice": str | None}; `advice`
+    is None when both vLLM's GPU and CPU MLA paths accept the config. Rule from vLLM 0.32's MLA backends (GPU: head
+    sizes 320, 512, 576; CPU: 576, DeepSeek-V2/V3's 512 + 64). Without the MLA path vLLM still serves the model with
+    `VLLM_MLA_DISABLE=1` (plain attention over the expanded keys/values, a KV cache ~`mha_over_latent` times larger).
+    """
+    c = config
+    size = c.kv_lora_rank + c.qk_rope_head_dim
+    gpu, cpu = size in VLLM_MLA_HEAD_SIZES, size in VLLM_CPU_MLA_HEAD_SIZES
+    advice = None
+    if not gpu:
+        advice = (f"kv_lora_rank + qk_rope_head_dim = {c.kv_lora_rank} + {c.qk_rope_head_dim} = {size} is not an MLA "
+                  f"head size vLLM supports {VLLM_MLA_HEAD_SIZES}: vLLM refuses its MLA path ('Head dimension {size} "
+                  "is not supported by MLA'). Serve with VLLM_MLA_DISABLE=1 (fine for small CPU models), or train "
+                  "with kv_lora_rank 512 + qk_rope_head_dim 64 (DeepSeek's; also 256 + 64 = 320 or 448 + 64 = 512)")
+    elif not cpu:
+        advice = (f"MLA head size {size} runs on vLLM's GPU MLA backends, but vLLM's CPU MLA kernel takes only "
+                  f"{VLLM_CPU_MLA_HEAD_SIZES[0]} (512 + 64): on CPU serve with VLLM_MLA_DISABLE=1")
+    return {"head_size": size, "gpu": gpu, "cpu": cpu, "advice": advice}
+
+
 def model_info(config: ModelConfig, seq_len: int | None = None, dtype_bytes: int = 2) -> dict:
     """Everything `vernacular model info` prints, as a JSON-able dict."""
     seq_len = seq_len or config.max_position_embeddings
@@ -142,6 +171,7 @@ def model_info(config: ModelConfig, seq_len: int | None = None, dtype_bytes: int
             "mha": kv.mha,
             "mha_over_latent": kv.mha / kv.latent,
         },
+        "vllm_mla": vllm_mla_support(config),
     }
 
 

@@ -20,10 +20,9 @@ from __future__ import annotations
 import math
 
 from vernacular.model.config import ModelConfig
-from vernacular.model.info import arch_spec, spec_flops_per_token
+from vernacular.model.info import VLLM_MLA_HEAD_SIZES, arch_spec, spec_flops_per_token  # noqa: F401 (re-exported)
 
 LAWS = ("deepseek", "chinchilla")
-VLLM_MLA_HEAD_SIZES = (576, 512, 320)  # kv_lora_rank + qk_rope_head_dim that vLLM's MLA kernels accept
 
 
 def non_embedding_flops_per_token(config: ModelConfig, seq_len: int) -> float:

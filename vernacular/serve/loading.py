@@ -92,7 +92,9 @@ def read_model_config(checkpoint: Path) -> tuple[dict[str, Any], str]:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{state_path if state_path.exists() else config_path} is not valid JSON: {e}") from None
-    if config.get("model_type") == "deepseek_v3":
+    from vernacular.interop.hf import is_deepseek_v3
+
+    if is_deepseek_v3(config):
         return config, "hf"
     return config.get("model_config", config), "vernacular"
 
