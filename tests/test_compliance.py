@@ -111,3 +111,27 @@ def test_missing_run_and_bad_provider_are_clear(tmp_path, capsys):
     (tmp_path / "r").mkdir()
     assert main(["compliance", "--run-dir", str(tmp_path / "r"), "--provider", str(bad)]) == 2
     assert "not valid TOML" in capsys.readouterr().err
+
+
+def test_report_card_and_export_model_card(trained_run):
+    from transformers import AutoConfig
+
+    from vernacular.compliance.model_card import card_fields
+
+    assert main(["report", "--run-dir", str(trained_run)]) == 0
+    report = (trained_run / "report" / "report.md").read_text()
+    assert "## Summary" in report and "tokens/s" in report and "energy" in report
+    assert "![expert load](expert_load.png)" in report and (trained_run / "report" / "expert_load.png").stat().st_size
+    train = [json.loads(x) for x in (trained_run / "metrics" / "train.jsonl").read_text().splitlines()]
+    shares = next(r["expert_load"] for r in train if "expert_load" in r)
+    assert all(abs(sum(v) - 1) < 1e-4 and len(v) == TINY["n_routed_experts"] for v in shares.values())
+
+    assert main(["export", "hf", "--run-dir", str(trained_run)]) == 0
+    out = trained_run / "export" / "hf"
+    card = (out / "README.md").read_text()
+    assert card_fields(card)["language"] == ["de", "fr", "pl"]
+    for name in ("training_content_summary.md", "annex_xi_technical_documentation.md", "copyright_policy.md"):
+        assert (out / "ai_act" / name).exists() and f"ai_act/{name}" in card
+    assert AutoConfig.from_pretrained(out).model_type == "deepseek_v3"
+    assert main(["report", "--run-dir", str(trained_run)]) == 0  # the documents exist now: the report links them
+    assert "[Copyright policy (Art. 53(1)(c))](copyright_policy.md)" in (trained_run / "report" / "report.md").read_text()

@@ -195,6 +195,10 @@ def write_report(run_dir: str | Path) -> Path:
         raise SystemExit(f"error: run directory {run.root} does not exist")
     run.report.mkdir(parents=True, exist_ok=True)
     lines = [f"# Run report: `{run.root.name}`", ""]
+    from vernacular.compliance.report_card import sections
+
+    top, bottom = sections(run.root, run.report)
+    lines += top
 
     if run.manifest.exists():
         lines += _data_section(read_json(run.manifest))
@@ -232,6 +236,7 @@ def write_report(run_dir: str | Path) -> Path:
     if run.eval_results.exists():
         lines += _eval_section(read_json(run.eval_results), run.report / "eval.png")
 
+    lines += bottom
     out = run.report / "report.md"
     atomic_write_bytes(out, "\n".join(lines).encode())
     return out

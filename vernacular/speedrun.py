@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="wall-clock cap of chat fine-tuning (default: 1.5; it also stops after 2 epochs)")
     parser.add_argument("--vocab-size", type=int, default=8192, help="tokenizer vocabulary size (default: 8192)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--provider", default=None, help="provider TOML for the AI Act documents "
+                        "(`vernacular compliance --init-provider FILE` writes one); without it they list what is missing")
     parser.add_argument("--workers", type=int, default=2, help="data-stage worker processes (default: 2)")
     parser.add_argument("--eval-tasks", default="offline", help="task groups of the eval stage (default: offline)")
 
@@ -57,6 +59,9 @@ def main(args: argparse.Namespace) -> int:
     )
     _run_stage(["sft", "--run-dir", run, "--minutes", str(args.sft_minutes), "--seed", str(args.seed)])
     _run_stage(["eval", "--run-dir", run, "--tasks", args.eval_tasks])
+    compliance = ["compliance", "--run-dir", run] + (["--provider", args.provider] if args.provider else [])
+    _run_stage(compliance)
+    _run_stage(["export", "hf", "--run-dir", run])
     _run_stage(["report", "--run-dir", run])
 
     minutes = (time.perf_counter() - started) / 60
@@ -65,7 +70,9 @@ def main(args: argparse.Namespace) -> int:
         f"  report:        {run}/report/report.md\n"
         f"  serve it:      vernacular serve --run-dir {run}   (the chat model; open http://127.0.0.1:8000/ to chat)\n"
         f"  OpenAI client: OpenAI(base_url='http://127.0.0.1:8000/v1', api_key='none')\n"
-        f"  transformers:  vernacular export hf --run-dir {run} --out {run}/export/hf",
+        f"  transformers:  AutoModelForCausalLM.from_pretrained('{run}/export/hf')   (with its model card)\n"
+        f"  AI Act:        {run}/report/training_content_summary.md, annex_xi_technical_documentation.md, "
+        f"copyright_policy.md",
         flush=True,
     )
     return 0

@@ -81,3 +81,31 @@ def card_fields(card: str) -> dict[str, Any]:
             if value.strip():
                 out[key] = value.strip()
     return out
+
+
+def write_model_card(run, out) -> None:
+    """The export's README.md from the run's records, with the AI Act documents copied to `out/ai_act/` (written
+    first if `vernacular compliance` has not run yet; the provider file it last used is used again)."""
+    import shutil
+    from pathlib import Path
+
+    from vernacular.compliance.cli import write_documents
+    from vernacular.compliance.documents import load_provider
+    from vernacular.compliance.records import collect
+    from vernacular.run import atomic_write_bytes
+
+    provider_path = (run.read_config().get("compliance") or {}).get("provider") or None
+    if provider_path and not Path(provider_path).is_file():
+        provider_path = None
+    if not run.training_content_summary.with_suffix(".md").exists():
+        write_documents(run.root, provider_path)
+    provider, _ = load_provider(provider_path)
+    out = Path(out)
+    docs = out / "ai_act"
+    docs.mkdir(parents=True, exist_ok=True)
+    for src in (run.training_content_summary.with_suffix(".md"), run.training_content_summary.with_suffix(".json"),
+                run.technical_documentation.with_suffix(".md"), run.technical_documentation.with_suffix(".json"),
+                run.copyright_policy):
+        if src.exists():
+            shutil.copyfile(src, docs / src.name)
+    atomic_write_bytes(out / "README.md", model_card(collect(run.root), provider).encode())

@@ -47,6 +47,17 @@ def summary_section(rec: RunRecords) -> list[str]:
             (f"{stage}: energy", f"{energy.get('energy_kwh', 0) * 1000:.2f} Wh ({'/'.join(sorted(measured)) or 'not measured'}, "
                                  f"codecarbon), {energy.get('emissions_kg', 0) * 1000:.2f} g CO2e" if energy else "not measured"),
         ]
+    path = rec.run.metrics / "train.jsonl"
+    if path.exists():
+        steps = [r for r in (json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip())
+                 if "tok_per_s" in r][1:]  # the first step includes warm-up
+        if steps:
+            import statistics
+
+            tok_s = statistics.median(r["tok_per_s"] for r in steps)
+            mfu = statistics.median(r["mfu"] for r in steps)
+            rows.append(("pretrain: throughput", f"{tok_s:,.0f} tokens/s (median step), MFU {100 * mfu:.1f}% "
+                                                 "(of the measured matmul peak on CPU, the bf16 peak on GPUs)"))
     lines = ["## Summary", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows] + [""]
     return lines
 

@@ -83,6 +83,9 @@ def _hf(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if run:
+        from vernacular.compliance.model_card import write_model_card
+
+        write_model_card(run, out)  # the model card from the run's records, with the AI Act documents
         run.record_stage("export", {"format": "hf", "checkpoint": str(ckpt), "out": str(out), "dtype": args.dtype})
     print(f"exported {ckpt} -> {out}" + (" (with tokenizer)" if tokenizer else " (no tokenizer)"))
     print(f"load it with: transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")

@@ -237,6 +237,16 @@ class Transformer(nn.Module):
         """max/mean expert load per MoE layer since the last `update_expert_bias` (keys are module paths)."""
         return {name: moe.load_ratio() for name, moe in self.moe_layers()}
 
+    def expert_load_shares(self) -> dict[str, list[float]]:
+        """Share of routed token slots per expert, per MoE layer, since the last `update_expert_bias` (for the report's
+        layers x experts heatmap)."""
+        out = {}
+        for name, moe in self.moe_layers():
+            counts = moe.expert_counts
+            total = float(counts.sum())
+            out[name] = [round(float(c) / total, 6) if total > 0 else 0.0 for c in counts]
+        return out
+
     def num_parameters(self, active: bool = False) -> int:
         from .info import count_parameters
 

@@ -36,6 +36,8 @@ from .metrics import MetricsLogger, evaluate_bpb, peak_flops
 from .optim import OptimConfig, build_optimizers
 from .schedule import ScheduleConfig, lr_factor, mtp_weight
 
+LOAD_LOG_EVERY = 25  # steps between per-expert load records in the metrics (the heatmap in report.md)
+
 
 @dataclass
 class TrainConfig:
@@ -357,6 +359,8 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
             opt.zero_grad(set_to_none=True)
         _sync_expert_counts(raw, info)
         load_stats = raw.expert_load_stats()
+        # per-expert shares every LOAD_LOG_EVERY steps (and the first): the report's expert-load heatmap
+        load_shares = raw.expert_load_shares() if step == 0 or (step + 1) % LOAD_LOG_EVERY == 0 else None
         raw.update_expert_bias()
         step += 1
         tokens_seen += step_tokens
@@ -372,6 +376,8 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
                       "mtp_loss": float(sums[2]), "balance_loss": float(sums[3]), "lr": lr, "mtp_weight": w_mtp,
                       "grad_norm": float(grad_norm), "tok_per_s": tok_s, "mfu": flops_tok * tok_s / peak,
                       "step_time_s": dt, "elapsed_s": elapsed_now(), "expert_load_max_mean": load_stats}
+            if load_shares is not None:
+                record["expert_load"] = load_shares
             logger.log(record)
             if bar is not None:
                 remaining = _eta(cfg, step, elapsed_now(), budget_s, seg_start, elapsed_before, resume_step=last_saved)
