@@ -129,28 +129,47 @@ class Experts(nn.Module):
         self.n_experts, self.intermediate = E, I
         self.gate_up_proj = nn.Parameter(torch.empty(E, H, 2 * I))
         self.down_proj = nn.Parameter(torch.empty(E, I, H))
+        # Expert parallelism sets this to a callable (rows sorted by expert, counts per expert, compute) -> rows that
+        # sends the rows to the ranks holding their experts, runs `compute` there and brings the results back.
+        self.dispatcher = None
 
     def forward(self, x: torch.Tensor, indices: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         """x [N, H], indices/weights [N, k] -> sum_k weights * expert_k(x), [N, H]."""
         N, k = indices.shape
         flat = indices.reshape(-1)
-        w_gate_up, w_down = self.gate_up_proj, self.down_proj
         if torch.is_autocast_enabled(x.device.type):  # grouped_mm is not autocast-aware: cast by hand
-            dtype = torch.get_autocast_dtype(x.device.type)
-            x, w_gate_up, w_down = x.to(dtype), w_gate_up.to(dtype), w_down.to(dtype)
-        if flat.numel() < self.n_experts and not torch.is_grad_enabled():
-            return self._forward_few(x, flat, weights, w_gate_up, w_down)
+            x = x.to(torch.get_autocast_dtype(x.device.type))
+        if self.dispatcher is None and flat.numel() < self.n_experts and not torch.is_grad_enabled():
+            return self._forward_few(x, flat, weights, *self._weights(x.dtype))
         order = flat.argsort(stable=True)  # sorted row r holds assignment order[r] = (token order[r] // k, slot)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        expert_of_row = flat[order]
         counts = torch.bincount(flat, minlength=self.n_experts)
         xs = _GatherRows.apply(x, order // k, inverse, k)
-        h = grouped_matmul(xs, w_gate_up, counts, expert_of_row)
-        gate, up = h.split(self.intermediate, dim=-1)
-        y = grouped_matmul(F.silu(gate) * up, w_down, counts, expert_of_row)
+        if self.dispatcher is None:
+            y = self.compute(xs, counts)
+        else:  # expert parallelism: the rows travel to their experts' ranks and back (vernacular/train/expert_parallel.py)
+            y = self.dispatcher(xs, counts, self.compute)
         y = _PermuteRows.apply(y, order, inverse).view(N, k, -1)  # back to (token, slot) order
         return torch.bmm(weights.to(y.dtype)[:, None, :], y).squeeze(1)
+
+    def compute(self, xs: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The experts held here on rows sorted by expert: xs [M, H] with counts[e] rows for local expert e -> [M, H]."""
+        w_gate_up, w_down = self._weights(xs.dtype)
+        expert_of_row = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts,
+                                                output_size=xs.shape[0])
+        h = grouped_matmul(xs, w_gate_up, counts, expert_of_row)
+        gate, up = h.split(self.intermediate, dim=-1)
+        return grouped_matmul(F.silu(gate) * up, w_down, counts, expert_of_row)
+
+    def _weights(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The local expert stacks as plain tensors (a DTensor under expert parallelism gives its local experts)."""
+        ws = []
+        for w in (self.gate_up_proj, self.down_proj):
+            if hasattr(w, "to_local"):
+                w = w.to_local()
+            ws.append(w.to(dtype))
+        return ws[0], ws[1]
 
     def _forward_few(self, x, flat, weights, w_gate_up, w_down) -> torch.Tensor:
         """Inference with fewer assignments than experts (batch decode): only the chosen experts run, instead of a

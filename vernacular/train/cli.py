@@ -56,6 +56,9 @@ def add_loop_arguments(parser: argparse.ArgumentParser, batch_size: int = 8, seq
     sysg = parser.add_argument_group("system")
     sysg.add_argument("--distributed", choices=("ddp", "fsdp"), default=None,
                       help="under torchrun: DDP (default) or FSDP2 fully_shard")
+    sysg.add_argument("--expert-parallel", type=int, default=1, metavar="N",
+                      help="under torchrun: shard the routed experts over N ranks (all-to-all token dispatch) and the "
+                           "rest with FSDP2; N divides the number of processes (default: 1, off)")
     sysg.add_argument("--compile", action="store_true", help="torch.compile the model")
     sysg.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto",
                       help="autocast dtype; auto = bf16 on CUDA, fp32 on CPU (default)")
@@ -83,6 +86,7 @@ def config_from_args(args: argparse.Namespace, default_steps: int = 200):
                                 mtp_switch=args.mtp_switch),
         clip=args.clip, eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every,
         keep_last=args.keep_last, resume=args.resume, compile=args.compile, distributed=args.distributed,
+        expert_parallel=args.expert_parallel,
         tensorboard=args.tensorboard, seed=args.seed, dtype=args.dtype, device=args.device,
         peak_tflops=args.peak_tflops, progress=not args.no_progress,
     )

@@ -10,6 +10,9 @@ pick nccl on CUDA and gloo on CPU, and give every rank its own data slice.
 - FSDP2 (`fully_shard`) shards each decoder layer's parameters, gradients and optimizer state over the ranks (dim 0),
   then the root module; parameters become DTensors. Muon handles them (see optim.py).
 
+- Expert parallelism (`--expert-parallel N`, vernacular/train/expert_parallel.py): routed experts sharded over N
+  ranks, tokens dispatched to them by all-to-all, everything else FSDP2.
+
 Checkpoints are always full, unsharded state dicts gathered to CPU on every rank and written by rank 0, so a checkpoint
 from N ranks loads on any number of ranks, or in `transformers`.
 """
@@ -65,8 +68,20 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def wrap_model(model: nn.Module, mode: str | None, info: DistInfo) -> nn.Module:
-    """DDP or FSDP2 around an already-built (and optionally compiled) model; identity on a single process."""
+def wrap_model(model: nn.Module, mode: str | None, info: DistInfo, expert_parallel: int = 1) -> nn.Module:
+    """DDP or FSDP2 around an already-built (and optionally compiled) model; identity on a single process.
+
+    `expert_parallel` N > 1: routed experts sharded over N ranks with all-to-all token dispatch, the rest FSDP2
+    (vernacular/train/expert_parallel.py); needs FSDP (mode None or "fsdp") and N dividing the world size."""
+    if expert_parallel > 1:
+        if mode not in (None, "fsdp"):
+            raise ValueError(f"--expert-parallel shards the dense part with FSDP2: it cannot be combined with --distributed {mode}")
+        if info.world_size % expert_parallel:
+            raise ValueError(f"--expert-parallel {expert_parallel} needs a multiple of {expert_parallel} processes "
+                             f"(torchrun --nproc_per_node), got {info.world_size}")
+        from .expert_parallel import apply_expert_parallel
+
+        return apply_expert_parallel(model, expert_parallel, info.world_size, info.device.type, _blocks(model))
     if not info.enabled:
         return model
     if mode is None:

@@ -32,6 +32,7 @@ from vernacular.run import RunDir, write_json
 from . import checkpoint as ckpt
 from .distributed import (DistInfo, all_gather_json, all_reduce_mean, all_reduce_sum, barrier, init_distributed,
                           unwrap, wrap_model)
+from .expert_parallel import clip_grad_norm_
 from .metrics import MetricsLogger, evaluate_bpb, peak_flops
 from .optim import OptimConfig, build_optimizers
 from .schedule import ScheduleConfig, lr_factor, mtp_weight
@@ -58,6 +59,7 @@ class TrainConfig:
     resume: bool = False
     compile: bool = False
     distributed: str | None = None  # ddp | fsdp (only under torchrun)
+    expert_parallel: int = 1  # N > 1: routed experts sharded over N ranks (all-to-all dispatch), the rest FSDP2
     tensorboard: bool = False
     seed: int = 0
     dtype: str = "auto"  # auto | fp32 | bf16 (autocast)
@@ -79,6 +81,8 @@ class TrainConfig:
         for name in ("batch_size", "seq_len", "grad_accum"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.expert_parallel < 1:
+            raise ValueError(f"expert_parallel must be positive, got {self.expert_parallel}")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
 
@@ -239,7 +243,7 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
     model.train()
     if cfg.compile:
         model.compile()
-    model = wrap_model(model, cfg.distributed, info)
+    model = wrap_model(model, cfg.distributed, info, expert_parallel=cfg.expert_parallel)
     raw = unwrap(model)
     optimizers = build_optimizers(raw, cfg.optim)
     options = _state_dict_options()
@@ -351,7 +355,7 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
                 (loss / grad_accum).backward()
             parts = [loss, out.main_loss, out.mtp_loss, out.balance_loss]
             sums += torch.tensor([float(p.detach()) if p is not None else 0.0 for p in parts], dtype=torch.float64)
-        grad_norm = torch.nn.utils.clip_grad_norm_(raw.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))
+        grad_norm = clip_grad_norm_(raw.parameters(), cfg.clip if cfg.clip > 0 else float("inf"))
         if hasattr(grad_norm, "full_tensor"):
             grad_norm = grad_norm.full_tensor()
         for opt in optimizers:
