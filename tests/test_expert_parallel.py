@@ -5,7 +5,6 @@ checkpoints move between EP=N and EP=1 bit for bit; and `vernacular pretrain --e
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -75,7 +74,7 @@ def _ep_step(ep: int, world: int, rank: int, batch: torch.Tensor, bias: torch.Te
         with _grad_sync(model, micro == 1, info):
             out = model(part[:, :-1], labels=part[:, 1:])
             (out.loss / 2).backward()
-        loss_sum += float(out.loss) / 2
+        loss_sum += float(out.loss.detach()) / 2
     loss = torch.tensor([loss_sum])
     torch.distributed.all_reduce(loss)
     grads = {n: _full(p.grad).clone() for n, p in model.named_parameters()}
@@ -110,51 +109,101 @@ def _check_equal_to_reference(ep: int, world: int, rank: int, bias: torch.Tensor
         torch.testing.assert_close(p, ref_params[name], rtol=1e-4, atol=1e-5, msg=lambda m: f"{where} {name}: {m}")
 
 
-def _check_checkpoint_roundtrip(ep: int, world: int, rank: int) -> None:
-    """A full state dict of an EP run loads into an EP=1 (FSDP) run and back with every tensor bit-identical."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict, set_model_state_dict,
-                                                         set_optimizer_state_dict)
+def _check_checkpoint_roundtrip(ep: int, world: int, rank: int, root: Path) -> None:
+    """The trainer's checkpoint path (full state dicts gathered to rank 0, safetensors files read back by every rank):
+    an EP checkpoint loaded into an EP=1 (FSDP) run and into an EP run again saves the same files, bit for bit."""
+    from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
+                                                         set_model_state_dict, set_optimizer_state_dict)
 
     from vernacular.model import build_model
+    from vernacular.train import checkpoint as ckpt
     from vernacular.train.distributed import DistInfo, wrap_model
     from vernacular.train.optim import OptimConfig, build_optimizers
+    from vernacular.train.trainer import _state_dict_options
 
-    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    *_, model, optimizers = _ep_step(ep, world, rank, _global_batch(world), None)
-    saved_model = get_model_state_dict(model, options=options)
-    saved_optim = get_optimizer_state_dict(model, optimizers, options=options)
+    options = _state_dict_options()
     info = DistInfo(rank=rank, world_size=world)
+
+    def save(model, optimizers, name: str) -> Path:
+        model_state = get_model_state_dict(model, options=options)
+        optim_state = get_optimizer_state_dict(model, optimizers, options=options)
+        if rank == 0:
+            ckpt.save_checkpoint(root / name, 1, model_state, optim_state, {})
+        torch.distributed.barrier()
+        return root / name / ckpt.step_dir_name(1)
+
+    *_, model, optimizers = _ep_step(ep, world, rank, _global_batch(world), None)
+    first = save(model, optimizers, f"ep{ep}")
     for target_ep in (1, ep):
+        model_sd, optim_sd, _ = ckpt.load_checkpoint(first)  # (loading consumes the dicts)
         other = wrap_model(build_model(CONFIG, seed=7), "fsdp", info, expert_parallel=target_ep)
         other_optims = build_optimizers(other, OptimConfig(lr=1e-2))
-        set_model_state_dict(other, saved_model, options=options)
-        set_optimizer_state_dict(other, other_optims, saved_optim, options=options)
-        again_model = get_model_state_dict(other, options=options)
-        again_optim = get_optimizer_state_dict(other, other_optims, options=options)
-        assert again_model.keys() == saved_model.keys()
-        for name, t in saved_model.items():
-            assert torch.equal(again_model[name], t), f"EP={ep} -> EP={target_ep}: {name} changed"
-        for name, state in saved_optim["state"].items():
-            for key, t in state.items():
-                if isinstance(t, torch.Tensor):
-                    assert torch.equal(again_optim["state"][name][key], t), f"EP={ep} -> {target_ep}: {name}.{key}"
+        set_model_state_dict(other, model_sd, options=options)
+        set_optimizer_state_dict(other, other_optims, optim_sd, options=options)
+        again = save(other, other_optims, f"ep{ep}-to-ep{target_ep}")
+        for name in (ckpt.MODEL_FILE, ckpt.OPTIM_FILE):
+            assert (again / name).read_bytes() == (first / name).read_bytes(), f"EP={ep} -> EP={target_ep}: {name}"
 
 
-def _worker(rank: int, world: int, eps: list[int], init_file: str) -> None:
+def _worker(rank: int, world: int, eps: list[int], tmp: str) -> None:
     torch.set_num_threads(1)
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{tmp}/init", rank=rank, world_size=world)
     try:
         skewed = torch.zeros(CONFIG["n_routed_experts"])
         skewed[: CONFIG["num_experts_per_tok"]] = 100.0  # every token picks experts 0 and 1: all on EP rank 0
         for ep in eps:
             _check_equal_to_reference(ep, world, rank, None)
             _check_equal_to_reference(ep, world, rank, skewed)
-            _check_checkpoint_roundtrip(ep, world, rank)
+            _check_checkpoint_roundtrip(ep, world, rank, Path(tmp) / f"ckpt-{world}")
     finally:
         torch.distributed.destroy_process_group()
 
 
 @pytest.mark.parametrize("world, eps", [(2, [2]), (4, [2, 4])])
 def test_expert_parallel_matches_one_process(tmp_path, world, eps):
-    mp.spawn(_worker, args=(world, eps, str(tmp_path / "init")), nprocs=world, join=True)
+    mp.spawn(_worker, args=(world, eps, str(tmp_path)), nprocs=world, join=True)
+
+
+# ---- the CLI under torchrun -----------------------------------------------------------------------------------------
+
+CLI_ARGS = ["--seq-len", "32", "--eval-batches", "1", "--warmup", "2", "--no-progress", "--grad-accum", "2"]
+
+
+def _pretrain(run: Path, nproc: int, *extra: str) -> list[float]:
+    cmd = cli_command("pretrain", "--run-dir", str(run), "--config", str(run / "model.json"), *CLI_ARGS, *extra)
+    if nproc > 1:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+               "--no-python", *cmd]
+    done = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    lines = (run / "metrics" / "train.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
+
+
+def test_torchrun_pretrain_expert_parallel_2_of_4_matches_one_process_and_exports(tmp_path):
+    """`torchrun --nproc_per_node 4 -m vernacular pretrain --expert-parallel 2` (2 EP groups x 2 data-parallel
+    replicas of each expert shard, gradient accumulation 2) gives one process's losses on the same global batch; its
+    checkpoint resumes on one process and exports to a folder transformers loads with the same logits."""
+    from test_interop_hf import cli as interop_cli, theirs
+
+    from vernacular.interop.hf import load_checkpoint
+
+    template = make_run(tmp_path / "template")
+    (template / "model.json").write_text(json.dumps(CONFIG))
+    single, ep = tmp_path / "single", tmp_path / "ep"
+    shutil.copytree(template, single)
+    shutil.copytree(template, ep)
+    reference = _pretrain(single, 1, "--steps", "3", "--batch-size", "4")
+    losses = _pretrain(ep, 4, "--steps", "3", "--batch-size", "1", "--expert-parallel", "2")
+    assert len(losses) == 3 and losses == pytest.approx(reference, rel=1e-4)
+    state = json.loads((ep / "checkpoints" / "step_000003" / "state.json").read_text())
+    assert state["train_config"]["expert_parallel"] == 2 and state["world_size"] == 4
+
+    resumed = _pretrain(ep, 1, "--steps", "4", "--batch-size", "4", "--resume")
+    assert len(resumed) == 4 and resumed[:3] == losses and resumed[3] == resumed[3]
+
+    assert interop_cli(["export", "hf", "--run-dir", str(ep), "--out", str(tmp_path / "hf")]) == 0
+    ids = torch.randint(0, CONFIG["vocab_size"], (2, 24), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours = load_checkpoint(ep / "checkpoints" / "step_000004")(ids).logits
+    assert (theirs(tmp_path / "hf", ids) - ours).abs().max().item() < 1e-4

@@ -20,7 +20,7 @@ all-to-all), so the gradient of a local expert is the sum over every EP rank's t
 Gradient scale: each rank's loss is the mean over its own tokens and the global loss the mean over ranks, so the dense
 FSDP reduction averages over W. An expert's gradient arrives summed over the N ranks of its EP group (through the
 all-to-all backward) and is then summed over the W / N ranks of `dp_mod_ep`; the expert FSDP modules therefore divide
-by W (`set_gradient_divide_factor`), which gives the same gradient as one process on the global batch.
+by W (`set_gradient_divide_factor`; NCCL's PREMUL_SUM, on gloo a SUM then a division), which gives the same gradient as one process on the global batch.
 
 Muon orthogonalises the expert stacks per expert; every rank holds whole experts, so it runs on the local shard
 (vernacular/train/optim.py). The routing bias update already uses the global load: the per-expert counts are made on
@@ -129,6 +129,8 @@ def apply_expert_parallel(model: nn.Module, ep: int, world_size: int, device_typ
         m.dispatcher = dispatcher
         fully_shard(m, mesh=mesh["dp_mod_ep"])
         m.set_gradient_divide_factor(float(world_size))
+        if device_type == "cpu":  # gloo has no PREMUL_SUM: reduce with SUM, then divide
+            m.set_force_sum_reduction_for_comms(True)
     for block in blocks:
         fully_shard(block, mesh=dense_mesh)
     fully_shard(model, mesh=dense_mesh)
