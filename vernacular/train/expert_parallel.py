@@ -19,8 +19,10 @@ all-to-all), so the gradient of a local expert is the sum over every EP rank's t
 
 Gradient scale: each rank's loss is the mean over its own tokens and the global loss the mean over ranks, so the dense
 FSDP reduction averages over W. An expert's gradient arrives summed over the N ranks of its EP group (through the
-all-to-all backward) and is then summed over the W / N ranks of `dp_mod_ep`; the expert FSDP modules therefore divide
-by W (`set_gradient_divide_factor`; NCCL's PREMUL_SUM, on gloo a SUM then a division), which gives the same gradient as one process on the global batch.
+all-to-all backward) and FSDP then averages it over the W / N ranks of `dp_mod_ep`; the dispatcher scales the local
+experts' weight gradients by 1 / N (and only those: the rows' own gradient is scaled back), so the result is the mean
+over all W ranks, the same gradient as one process on the global batch. (torchtitan sets FSDP's gradient divide factor
+instead, which needs NCCL's PREMUL_SUM; gloo has none.)
 
 Muon orthogonalises the expert stacks per expert; every rank holds whole experts, so it runs on the local shard
 (vernacular/train/optim.py). The routing bias update already uses the global load: the per-expert counts are made on
@@ -61,6 +63,19 @@ class _AllToAll(torch.autograd.Function):
         return back, None, None, None
 
 
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; the backward multiplies the gradient by `scale`."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
+
+
 class TokenDispatcher:
     """The `Experts.dispatcher` of one rank: send rows to their experts' EP ranks, compute, bring them back.
 
@@ -94,7 +109,11 @@ class TokenDispatcher:
         order = expert_of_row.argsort(stable=True)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
-        y = compute(_PermuteRows.apply(received, inverse, order), recv_counts.sum(0))
+        # the local experts' weight gradients sum over the N ranks' tokens: scale them by 1 / N (see the module doc);
+        # the gradient of the rows themselves is restored by the factor N on the way in (exact: N is a power of 2
+        # in practice, and any N only rounds once)
+        rows = _ScaleGrad.apply(_PermuteRows.apply(received, inverse, order), float(n))
+        y = _ScaleGrad.apply(compute(rows, recv_counts.sum(0)), 1.0 / n)
         y = _PermuteRows.apply(y, order, inverse)  # back to (source rank, local expert) order
         return _AllToAll.apply(y, in_splits, out_splits, self.group)
 
@@ -128,9 +147,6 @@ def apply_expert_parallel(model: nn.Module, ep: int, world_size: int, device_typ
             setattr(m, name, nn.Parameter(distribute_tensor(full.data, mesh["ep"], [Shard(0)], src_data_rank=None)))
         m.dispatcher = dispatcher
         fully_shard(m, mesh=mesh["dp_mod_ep"])
-        m.set_gradient_divide_factor(float(world_size))
-        if device_type == "cpu":  # gloo has no PREMUL_SUM: reduce with SUM, then divide
-            m.set_force_sum_reduction_for_comms(True)
     for block in blocks:
         fully_shard(block, mesh=dense_mesh)
     fully_shard(model, mesh=dense_mesh)
