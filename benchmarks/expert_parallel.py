@@ -54,8 +54,7 @@ def _worker(rank: int, world: int, eps: list[int], args: argparse.Namespace, ini
             before = dispatched_bytes(model)
             torch.distributed.barrier()
             t0 = time.perf_counter()
-            out = model(batch[:, :-1], labels=batch[:, 1:])
-            out.loss.backward()
+            model(batch[:, :-1], labels=batch[:, 1:]).loss.backward()
             clip_grad_norm_(model.parameters(), 1.0)
             for opt in optimizers:
                 opt.step()
