@@ -159,20 +159,24 @@ def dispatched_bytes(model: nn.Module) -> int:
 
 
 def clip_grad_norm_(parameters, max_norm: float) -> torch.Tensor:
-    """torch.nn.utils.clip_grad_norm_ for parameters that are DTensors on different meshes (EP experts and FSDP dense
-    weights cannot be stacked together): one norm per mesh, combined as plain tensors. Returns the total norm."""
+    """torch.nn.utils.clip_grad_norm_ (2-norm) that also takes gradients on different meshes (EP experts next to FSDP
+    weights cannot be stacked into one DTensor). Every rank holds a disjoint shard of every such gradient, so the
+    squared norm is one all-reduce of the local sums of squares. Returns the total norm (a plain tensor)."""
+    from torch.distributed.tensor import DTensor
+
     params = [p for p in parameters if p.grad is not None]
-    by_mesh: dict[int, list[torch.Tensor]] = {}
-    for p in params:
-        key = id(p.grad.device_mesh) if hasattr(p.grad, "device_mesh") else 0
-        by_mesh.setdefault(key, []).append(p)
-    if len(by_mesh) <= 1:
+    meshes = {id(p.grad.device_mesh) for p in params if isinstance(p.grad, DTensor)}
+    if len(meshes) <= 1:
         return torch.nn.utils.clip_grad_norm_(params, max_norm)
-    norms = []
-    for group in by_mesh.values():
-        norm = torch.nn.utils.get_total_norm([p.grad for p in group])
-        norms.append(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-    total = torch.linalg.vector_norm(torch.stack(norms))
-    for group in by_mesh.values():
-        torch.nn.utils.clip_grads_with_norm_(group, max_norm, total)
+    sharded = all(isinstance(p.grad, DTensor) and not any(pl.is_replicate() or pl.is_partial() for pl in p.grad.placements)
+                  for p in params)
+    if not sharded:
+        raise ValueError("clip_grad_norm_ over several meshes needs every gradient sharded (FSDP2 / expert parallel)")
+    local = [p.grad.to_local() for p in params]
+    squares = torch.stack([n.float() for n in torch._foreach_norm(local)]).square().sum()
+    dist.all_reduce(squares)
+    total = squares.sqrt()
+    # as torch.nn.utils.clip_grads_with_norm_, on the local shards (its foreach kernels refuse mixed meshes)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    torch._foreach_mul_(local, coef.to(local[0].dtype))
     return total
