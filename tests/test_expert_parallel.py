@@ -17,7 +17,7 @@ import torch.multiprocessing as mp
 from test_train_support import TINY, cli_command, make_run, subprocess_env
 
 CONFIG = {**TINY, "n_routed_experts": 8, "n_group": 2, "topk_group": 1, "num_experts_per_tok": 2}
-BATCH, SEQ = 4, 16  # global batch: BATCH sequences per rank... of SEQ tokens; split into 2 micro-batches per rank
+BATCH, SEQ = 4, 16  # BATCH sequences of SEQ tokens per rank (2 micro-batches of 2); the reference gets all ranks' at once
 
 
 def _global_batch(world: int) -> torch.Tensor:
