@@ -7,7 +7,8 @@
       checkpoints/      step_000123/{model.safetensors, optimizer.safetensors, state.json}
         sft/            the chat fine-tuning stage's own step_*/ checkpoints (same layout)
       sft/              data.json (conversations read, kept, split, rejected by reason), rejects.jsonl
-      metrics/          train.jsonl, val.json, eval.json (stage `eval`: lm-eval results and the aggregate)
+      metrics/          train.jsonl (one line per step), val.jsonl (one line per validation pass), val.json (final),
+                        eval.json (stage `eval`: lm-eval results and the aggregate)
       report/           report.md and its plots
       export/hf/        a transformers-loadable folder
 
@@ -113,9 +114,8 @@ class RunDir:
         return self.root / "metrics"
 
     @property
-    def eval_results(self) -> Path:
-        """Stage `eval`: per-task scores, the aggregate and lm-eval's own results (metrics/eval.json)."""
-        return self.metrics / "eval.json"
+      metrics/          train.jsonl (one line per step), val.jsonl (one line per validation pass), val.json (final),
+                        eval.json (stage `eval`: lm-eval results and the aggregate)
 
     @property
     def report(self) -> Path:
