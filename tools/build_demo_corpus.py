@@ -13,7 +13,7 @@ language (aligned, so per-language validation bpb is measured on the same conten
     k % 20 == 0   `val`: held-out validation articles
     otherwise     `train`
 
-Output per language: `<lang>.jsonl.gz`, one JSON object per article {"id", "lang", "split", "text"}, gzip with a fixed
+Output per language: `<lang>.jsonl.gz`, one JSON object per article {"id", "article" (k), "lang", "split", "text"}, gzip with a fixed
 timestamp so the build is byte-for-byte reproducible.
 """
 
@@ -68,7 +68,7 @@ def main() -> int:
                 if split is None:
                     continue
                 text = "\n".join(lines[i] for i in idx)
-                record = {"id": f"ntrex128/{lang}/{doc}", "lang": lang, "split": split, "text": text}
+                record = {"id": f"ntrex128/{lang}/{doc}", "article": k, "lang": lang, "split": split, "text": text}
                 f.write((json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8"))
         (OUT / f"{lang}.jsonl.gz").write_bytes(buf.getvalue())
         print(f"{lang}.jsonl.gz  {len(buf.getvalue()):>8} B  sha256 {hashlib.sha256(buf.getvalue()).hexdigest()[:16]}")

@@ -1,6 +1,6 @@
 """The embedded corpus (`--source demo`): NTREX-128's 24 official EU languages, whole news articles, CC BY-SA 4.0.
 
-Files: `vernacular/data/demo/<lang>.jsonl.gz` (one article per line: id, lang, split, text), built by
+Files: `vernacular/data/demo/<lang>.jsonl.gz` (one article per line: id, article number k, lang, split, text), built by
 `tools/build_demo_corpus.py` from NTREX-128 (Federmann, Kocmi & Xin, 2022) at commit `NTREX_COMMIT`; licence text and
 attribution in `vernacular/data/demo/LICENSE` and `README.md`.
 
@@ -36,7 +36,7 @@ def demo_languages() -> list[str]:
 
 
 def demo_records(lang: str, split: str | None = None) -> Iterator[dict]:
-    """The embedded articles of one language ({"id", "lang", "split", "text"}), optionally of one split only."""
+    """The embedded articles of one language ({"id", "article", "lang", "split", "text"}), optionally of one split."""
     path = DEMO_DIR / f"{lang}.jsonl.gz"
     if not path.exists():
         raise FileNotFoundError(f"no embedded text for {lang!r}; embedded: {demo_languages()}")

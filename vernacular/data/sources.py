@@ -116,9 +116,12 @@ def parse_source(spec: str, *, licence: str | None = None, collected: str | None
         raise ValueError(f"txt_mode must be 'line' or 'file', got {common['txt_mode']!r}")
     lic = opts.get("licence") or opts.get("license") or licence
 
-    if body == "demo":
+    if body == "demo":  # `demo::lang=deu` reads only that language's file
         name = opts.get("name", "demo")
-        return [SourceSpec("demo", str(DEMO_DIR), name, lic or DEMO_LICENCE, **common)]
+        location = DEMO_DIR / f"{lang}.jsonl.gz" if lang else DEMO_DIR
+        if not location.exists():
+            raise ValueError(f"the embedded corpus has no {lang!r} text; it holds the 24 official EU languages")
+        return [SourceSpec("demo", str(location), name, lic or DEMO_LICENCE, **common)]
     if body.startswith("hf:"):
         dataset, _, config = body[3:].partition(":")
         if not dataset:
