@@ -431,7 +431,8 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
     if bar is not None:
         bar.close()
     train_elapsed = elapsed_now()
-    val = run_eval()
+    if evaluated_at != [step]:  # a pass that ran at this very step (and used up the budget) is not repeated
+        val = run_eval()
     path = save(step, train_elapsed) if last_saved != step else stage.checkpoints / ckpt.step_dir_name(step)
     result = {"step": step, "tokens": tokens_seen, "train_loss": last_loss, **val, "elapsed_s": train_elapsed,
               "checkpoint": str(path)}
