@@ -123,6 +123,12 @@ def test_temperature_weights_and_mix_order():
     assert w1["a"] == pytest.approx(1000 / 1010)
     order = mix_order([10, 10, 10], 65, np.random.default_rng(0))
     assert len(order) == 3 + 3 + 1 and sorted(order[:3]) == [0, 1, 2]
+    # the natural mix (alpha 1) reads every document exactly once, whatever the float rounding of p_l * total
+    sizes = {"a": 123457, "b": 98765, "c": 77777}
+    total = sum(sizes.values())
+    for lang, w in temperature_weights(sizes, 1.0).items():
+        docs = [sizes[lang] // 7] * 6 + [sizes[lang] - 6 * (sizes[lang] // 7)]
+        assert sorted(mix_order(docs, w * total, np.random.default_rng(0))) == list(range(7)), lang
 
 
 def test_missing_special_tokens_is_a_clear_error(tmp_path):
