@@ -16,9 +16,9 @@ import sys
 import time
 
 # Pretraining settings of the speedrun (printed with the command). LR and warmup: the tuned values of the CPU speedrun
-# benchmark (BENCHMARKS.md, "Speedrun on CPU"). Validation: one batch of 4 sequences per language at each of the 8
+# benchmark (BENCHMARKS.md, "Speedrun on CPU"). Validation: one batch of 2 sequences per language at each of the 8
 # points, about 5% of the budget; the same windows every time, so the curve compares like with like.
-PRETRAIN_ARGS = ["--lr", "1.2e-2", "--warmup", "5", "--eval-points", "8", "--eval-batches", "1", "--eval-batch-size", "4"]
+PRETRAIN_ARGS = ["--lr", "1.2e-2", "--warmup", "5", "--eval-points", "8", "--eval-batches", "1", "--eval-batch-size", "2"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default="runs/speedrun", help="run directory (default: runs/speedrun)")
