@@ -419,6 +419,9 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
         due = bool(cfg.eval_every) and step % cfg.eval_every == 0
         if next_point is not None:
             progress_now = progress_of(step, elapsed_now())
+            if info.enabled and budget_s:  # ranks' clocks differ: decide on one shared value, so all evaluate together
+                progress_now = float(all_reduce_mean(torch.tensor([progress_now], dtype=torch.float64,
+                                                                  device=info.device), info)[0])
             if progress_now * cfg.eval_points >= next_point:
                 due = True
                 next_point = math.floor(progress_now * cfg.eval_points) + 1
