@@ -43,9 +43,7 @@ def test_parity_target_at_32k_over_30_languages(reports):
     assert ours["max_premium"] <= 1.30
     assert ours["max_premium"] < plain["max_premium"] - 0.1
     english_loss = 1 - ours["reference_bytes_per_token"] / plain["reference_bytes_per_token"]
-    # The <= 3% target is measured on FLORES by benchmarks/tokenizer_parity.py; here, on 7 held-out NTREX articles
-    # (a smaller, single-domain set) the same tokenizers give 3.3%, hence the 0.5-point margin.
-    assert english_loss <= 0.035
+    assert english_loss <= 0.03
 
 
 def test_report_fields_are_consistent(reports):
