@@ -20,6 +20,7 @@ import time
 # points, about 5% of the budget; the same windows every time, so the curve compares like with like.
 PRETRAIN_ARGS = ["--lr", "1.2e-2", "--warmup", "5", "--eval-points", "8", "--eval-batches", "1", "--eval-batch-size", "2"]
 
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", default="runs/speedrun", help="run directory (default: runs/speedrun)")
     parser.add_argument(
