@@ -2,7 +2,7 @@
 and attribution in vernacular/data/demo/), read through vernacular.data.demo_corpus.
 
 Lines are aligned across languages (line i is the same sentence everywhere). `split="val"` gives the held-out
-articles: text no model or tokenizer in the tests trained on, used where the tests once read FLORES.
+articles: text no model or tokenizer in the tests trained on (the serving tests prompt with it).
 """
 
 from __future__ import annotations

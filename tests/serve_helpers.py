@@ -1,7 +1,7 @@
 """Shared fixtures of the serving tests: a tiny run directory with a real tokenizer and a random-init checkpoint.
 
-The tokenizer is a byte-level BPE trained on NTREX lines of the embedded corpus (real text in many scripts, so multi-byte characters and
-split-character tokens actually occur) and saved by the tokenizer stage's own `save_tokenizer`, chat template included.
+The tokenizer is a byte-level BPE trained on NTREX lines of the embedded corpus (real text in many scripts, so
+multi-byte characters and split-character tokens actually occur) and saved by the tokenizer stage's own `save_tokenizer`, chat template included.
 The model is `build_model(seed)` of a very small config, saved in the trainer's checkpoint layout.
 """
 
