@@ -399,8 +399,8 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
         tok_s = step_tokens / dt
         last_loss = float(sums[0])
         if info.is_main:
-            record = {"step": step, "tokens": tokens_seen, "epochs": loader.epochs, "loss": last_loss,
-                      "main_loss": float(sums[1]),
+            record = {"step": step, "tokens": tokens_seen, "epochs": getattr(loader, "epochs", None),
+                      "loss": last_loss, "main_loss": float(sums[1]),
                       "mtp_loss": float(sums[2]), "balance_loss": float(sums[3]), "lr": lr, "mtp_weight": w_mtp,
                       "grad_norm": float(grad_norm), "tok_per_s": tok_s, "mfu": flops_tok * tok_s / peak,
                       "step_time_s": dt, "elapsed_s": elapsed_now(), "expert_load_max_mean": load_stats}
