@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_loop_arguments(parser: argparse.ArgumentParser, batch_size: int = 8, seq_len: int = 256, lr: float = 3e-3,
-                       warmup: int = 20, length_help: str = "") -> None:
+                       warmup: int = 20, length_help: str = "", eval_points: int = 8) -> None:
     """The options of the shared training loop (length, batch, optimizer, schedule, checkpoints, system), with the
     defaults that differ between stages as parameters; `vernacular pretrain` and `vernacular sft` both use it."""
     length = parser.add_argument_group("length (give --steps, --minutes or both; the first reached stops the run)"
@@ -50,9 +50,9 @@ def add_loop_arguments(parser: argparse.ArgumentParser, batch_size: int = 8, seq
     io.add_argument("--eval-every", "--val-every", dest="eval_every", type=int, default=0, metavar="N",
                     help="per-language validation bpb every N steps, into metrics/val.jsonl (default 0: off, "
                          "see --eval-points); always at the end")
-    io.add_argument("--eval-points", type=int, default=8, metavar="K",
+    io.add_argument("--eval-points", type=int, default=eval_points, metavar="K",
                     help="validation at every 1/K of the run (of --steps or --minutes), so a curve has K points "
-                         "whatever the speed (default: 8; 0: off)")
+                         "whatever the speed (default: %(default)s; 0: off)")
     io.add_argument("--eval-batches", type=int, default=8, help="validation batches per language (default: 8)")
     io.add_argument("--eval-batch-size", type=int, default=None,
                     help="sequences per validation batch (default: --batch-size)")
