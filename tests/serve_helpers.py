@@ -1,7 +1,7 @@
 """Shared fixtures of the serving tests: a tiny run directory with a real tokenizer and a random-init checkpoint.
 
-The tokenizer is a byte-level BPE trained on NTREX lines (real text in many scripts, so multi-byte characters and
-split-character tokens actually occur) and saved by the tokenizer stage's own `save_tokenizer`, chat template included.
+The tokenizer is a byte-level BPE trained on NTREX lines of the embedded corpus (real text in many scripts, so
+multi-byte characters and split-character tokens actually occur) and saved by the tokenizer stage's own `save_tokenizer`, chat template included.
 The model is `build_model(seed)` of a very small config, saved in the trainer's checkpoint layout.
 """
 
@@ -14,9 +14,13 @@ import threading
 import time
 from pathlib import Path
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-NTREX = SHARED / "corpora" / "ntrex128"
-FLORES = SHARED / "corpora" / "flores200-sib"
+from corpus_fixtures import demo_lines
+
+
+def sentence(lang: str, i: int = 0) -> str:
+    """Sentence i of the embedded corpus' held-out (validation) articles in `lang`: real text, aligned."""
+    return demo_lines(lang, "val")[i]
+
 
 TINY_MODEL = dict(
     vocab_size=1024, hidden_size=64, intermediate_size=128, moe_intermediate_size=32, num_hidden_layers=2,
@@ -35,7 +39,7 @@ def train_tokenizer(out_dir: Path, vocab_size: int = 1024, lines_per_lang: int =
 
     docs = []
     for lang in LANGS:
-        docs += (NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:lines_per_lang]
+        docs += demo_lines(lang)[:lines_per_lang]
     tok = skeleton()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip

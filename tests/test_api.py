@@ -11,7 +11,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from serve_helpers import FLORES, LiveServer, make_run
+from serve_helpers import LiveServer, make_run, sentence
 from vernacular.serve.api import ServerLimits, create_app
 from vernacular.serve.engine import Engine
 from vernacular.serve.loading import find_tokenizer_dir, load_model_for_serving
@@ -56,7 +56,7 @@ def sse_events(text: str) -> list:
 
 
 def flores(lang, i=0):
-    return (FLORES / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[i]
+    return sentence(lang, i)
 
 
 def test_models_health_and_tokenizer_endpoints(client):

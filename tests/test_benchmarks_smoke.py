@@ -14,7 +14,6 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-CORPORA = REPO.parent / "shared" / "corpora"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from gpt2_baseline import GPT, GPTConfig, configure_adamw, count_parameters, size_to_match  # noqa: E402
@@ -38,7 +37,9 @@ def test_analytic_count_matches_the_model_and_sizing_matches_our_active_paramete
 def test_baseline_learns_real_text_and_is_causal():
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    lines = (CORPORA / "ntrex128" / "deu.txt").read_text(encoding="utf-8").splitlines()[:200]
+    from vernacular.data.demo_corpus import demo_lines
+
+    lines = demo_lines("deu")[:200]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=300, show_progress=False))

@@ -11,13 +11,12 @@ from pathlib import Path
 import pytest
 
 from vernacular.data import cli as data_cli
+from vernacular.data.demo_corpus import demo_lines
 from vernacular.data.manifest import iter_jsonl_gz
 from vernacular.data.pipeline import DataConfig, build_pipeline, make_executors, run_pipeline
 from vernacular.data.text import iter_records, iter_texts
 from vernacular.run import RunDir, read_json
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
-NTREX = SHARED / "ntrex128"
 N_LINES = 120
 
 EMAIL, IP, IBAN, BAD_IBAN, PHONE = ("jana.novak@posta.example.eu", "84.17.46.9", "DE89 3704 0044 0532 0130 00",
@@ -33,7 +32,7 @@ Allow: /
 
 
 def lines(lang: str, n: int = N_LINES, start: int = 0) -> list[str]:
-    return (NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[start:start + n]
+    return demo_lines(lang)[start:start + n]
 
 
 def build_fixture(root: Path) -> dict:

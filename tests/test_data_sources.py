@@ -11,13 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
+from vernacular.data.demo_corpus import demo_lines
 from vernacular.data.sources import (HubSourceReader, default_licence, lang_from_path, make_reader, parse_source)
 
-NTREX = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "ntrex128"
 
 
 def ntrex(lang: str, n: int) -> list[str]:
-    return (NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:n]
+    """The first n NTREX-128 sentences of `lang`, from the embedded corpus."""
+    return demo_lines(lang)[:n]
 
 
 def read_all(spec: str, **kw) -> list:
@@ -36,7 +37,7 @@ def test_lang_from_path_and_licences():
     assert default_licence("corpora/ntrex128") == "CC-BY-SA-4.0"
     assert default_licence("HuggingFaceFW/fineweb-2") == "ODC-By-1.0"
     assert default_licence("my/own") == "unknown"
-    assert parse_source("demo")[0].licence == "CC0-1.0"
+    assert parse_source("demo")[0].licence == "CC-BY-SA-4.0"
 
 
 def test_spec_options_and_errors(tmp_path):
@@ -126,8 +127,9 @@ def test_demo_corpus_is_readable():
     docs = read_all("demo")
     assert docs and {d.metadata["source"] for d in docs} == {"demo"}
     langs = {d.metadata["lang"] for d in docs}
-    assert {"deu", "eng", "fra", "spa"} <= langs and None not in langs
-    assert (Path(__file__).resolve().parents[1] / "vernacular" / "data" / "demo" / "LICENSE").read_text().count("CC0") >= 2
+    assert len(langs) == 24 and None not in langs
+    assert {d.metadata["split"] for d in docs} == {"train", "val"}  # the records' own split is kept
+    assert all(d.id.startswith(f"ntrex128/{d.metadata['lang']}/") for d in docs)
 
 
 def test_hub_source_through_the_pipeline_with_two_tasks(tmp_path):

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 from datatrove.data import Document
 
+from vernacular.data.demo_corpus import demo_lines
 from vernacular.data.robots import RobotsTxt, in_blocklist
 from vernacular.data.steps import (Normalize, OptOutFilter, PIIRedactor, QualityFilter, QualityThresholds,
                                    SplitAssigner, iban_valid, load_thresholds)
 
-NTREX = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "ntrex128"
 
 
 def doc(text: str, lang: str = "deu", **meta) -> Document:
@@ -71,14 +71,14 @@ def test_pii_redaction_placeholders_and_false_positives():
 def test_pii_leaves_clean_news_alone():
     pii = PIIRedactor()
     hits = sum(bool(pii.redact(line)[1]) for lang in ("deu", "ita", "pol")
-               for line in (NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:400])
+               for line in demo_lines(lang)[:400])
     assert hits <= 2  # the news has a charity's e-mail address; nothing else looks like PII
 
 
 def test_quality_defaults_keep_clean_news_and_drop_junk():
     q = QualityFilter(load_thresholds(None))
     for lang in ("deu", "fin", "ell", "gle"):
-        lines = (NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:300]
+        lines = demo_lines(lang)[:300]
         kept = sum(q.filter(doc(line, lang)) is True for line in lines)
         assert kept / len(lines) >= 0.98, (lang, kept)
     assert q.filter(doc("Hallo.")) == (False, "quality:short_doc")

@@ -9,7 +9,7 @@ import threading
 import pytest
 import torch
 
-from serve_helpers import FLORES, make_run, save_checkpoint
+from serve_helpers import demo_lines, make_run, save_checkpoint, sentence
 from vernacular.serve.engine import Engine, RequestError
 from vernacular.serve.loading import CheckpointError, find_tokenizer_dir, load_model_for_serving, resolve_checkpoint
 from vernacular.serve.sampling import SamplingParams
@@ -32,7 +32,7 @@ def engine(run_dir):
 def prompts(tok, n=5):
     lines = []
     for lang, i in zip(["eng", "ell", "hun", "deu", "bul", "fin"], range(n)):
-        words = (FLORES / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[i].split()
+        words = sentence(lang, i).split()
         lines.append(" ".join(words[: 3 + 4 * i]))  # mixed lengths
     return [tok.encode(t) for t in lines]
 
@@ -195,11 +195,9 @@ def test_context_overflow_and_bad_tokens_are_request_errors(engine):
 
 
 def test_text_stream_releases_only_whole_characters(engine):
-    from serve_helpers import NTREX
-
     run_tok = engine.tokenizer
     for lang in ("ell", "hun", "bul", "fin", "eng"):
-        text = (NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[1500]
+        text = demo_lines(lang)[1500]
         ids = run_tok.encode(text)
         stream = TextStream(run_tok)
         chunks = [stream.push(i) for i in ids]
@@ -207,7 +205,7 @@ def test_text_stream_releases_only_whole_characters(engine):
         assert "".join(chunks) == run_tok.decode(ids)
         assert not any("\ufffd" in c for c in chunks)
     # Greek letters are two bytes; a 1024-token vocabulary must split some of them across tokens
-    greek = run_tok.encode((NTREX / "ell.txt").read_text(encoding="utf-8").splitlines()[1500])
+    greek = run_tok.encode(demo_lines("ell")[1500])
     assert any(run_tok.token_str(i).startswith("bytes:") for i in greek)
 
 

@@ -27,7 +27,6 @@ from vernacular.model import ModelConfig, build_model
 transformers = pytest.importorskip("transformers", reason="transformers is a dev dependency (pip install -e .[dev])")
 from transformers import DeepseekV3ForCausalLM  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def cli(argv: list[str]) -> int:
@@ -245,12 +244,9 @@ def _tokenizer(path: Path) -> Path:
     """A small BPE tokenizer trained on real text (ntrex128), with Vernacular's special tokens."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    texts = []
-    for lang in ("eng", "deu", "fra", "pol"):
-        f = SHARED / "corpora" / "ntrex128" / f"{lang}.txt"
-        if f.exists():
-            texts += f.read_text(encoding="utf-8").splitlines()[:300]
-    assert texts, f"no training text under {SHARED / 'corpora' / 'ntrex128'}"
+    from vernacular.data.demo_corpus import demo_lines
+
+    texts = [line for lang in ("eng", "deu", "fra", "pol") for line in demo_lines(lang)[:300]]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

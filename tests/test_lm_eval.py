@@ -1,6 +1,7 @@
 """lm-evaluation-harness (pinned 0.4.13) `local-completions` against the live server, fully offline.
 
-Two tiny YAML tasks over FLORES/SIB-200 lines (evaluation data): a rolling-loglikelihood bits-per-byte task (the
+Two tiny YAML tasks over 18 FLORES/SIB-200 sentences (evaluation data, a fixture in tests/fixtures/sib200 with its
+licence): a rolling-loglikelihood bits-per-byte task (the
 echo + logprobs path lm-eval uses for perplexity) and a SIB-200 topic multiple-choice task (context + continuation
 loglikelihoods). lm-eval tokenizes through the server's /tokenize and /tokenizer_info ("remote" tokenizer backend),
 so nothing is fetched from a model hub.
@@ -8,23 +9,26 @@ so nothing is fetched from a model hub.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
+from pathlib import Path
 
 import pytest
 
-from serve_helpers import FLORES, LiveServer, make_run
+from serve_helpers import LiveServer, make_run
+
+SIB = Path(__file__).resolve().parent / "fixtures" / "sib200" / "topics.jsonl"
 
 TOPICS = ["entertainment", "geography", "health", "politics", "science/technology", "sports", "travel"]
 
 
 def write_tasks(folder, n=6):
-    ids = list(csv.DictReader((FLORES / "ids.tsv").open(encoding="utf-8"), delimiter="\t"))
+    records = [json.loads(line) for line in SIB.read_text(encoding="utf-8").splitlines()]
     rows = []
     for lang in ("eng", "deu", "ell"):
-        lines = (FLORES / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
-        rows += [{"text": lines[i], "label": TOPICS.index(ids[i]["category"])} for i in range(n)]
+        mine = [r for r in records if r["lang"] == lang][:n]
+        assert len(mine) == n, f"{SIB} holds fewer than {n} {lang} sentences"
+        rows += [{"text": r["text"], "label": TOPICS.index(r["category"])} for r in mine]
     data = folder / "flores.jsonl"
     data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     common = f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {data}\ntest_split: test\n"

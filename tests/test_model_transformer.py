@@ -13,7 +13,6 @@ from vernacular.model import ModelConfig, ModelOutput, Transformer, build_model
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 
 
 def _cfg(**kw):
@@ -167,8 +166,9 @@ def test_logits_match_transformers_deepseek_v3(q_lora_rank):
 
 def test_training_on_real_multilingual_text_reduces_loss():
     """Byte-level LM on NTREX-128 text in four languages: loss must drop well below the uniform-bytes entropy."""
-    text = "".join((CORPORA / "ntrex128" / f"{lang}.txt").read_text(encoding="utf-8")[:4000] for lang in
-                   ("deu", "fra", "pol", "fin"))  # fmt: skip
+    from vernacular.data.demo_corpus import demo_lines
+
+    text = "".join("\n".join(demo_lines(lang))[:4000] for lang in ("deu", "fra", "pol", "fin"))
     data = torch.tensor(list(text.encode("utf-8")), dtype=torch.long)
     torch.manual_seed(0)
     m = build_model(_cfg(vocab_size=256, max_position_embeddings=64), seed=0).train()

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from serve_helpers import FLORES, free_port, make_run
+from serve_helpers import free_port, make_run, sentence
 
 KEY = "test-key-123"
 
@@ -63,7 +63,7 @@ def test_models_and_auth(server, client):
 
 
 def test_chat_and_streaming_chat(client):
-    question = (FLORES / "ita.txt").read_text(encoding="utf-8").splitlines()[0]
+    question = sentence("ita", 0)
     messages = [{"role": "user", "content": question}]
     res = client.chat.completions.create(model="vernacular-tiny", messages=messages, max_tokens=16, temperature=0,
                                          seed=1, logprobs=True, top_logprobs=3)  # fmt: skip
@@ -88,7 +88,7 @@ def test_chat_and_streaming_chat(client):
 
 
 def test_completions_with_logprobs(client):
-    prompt = (FLORES / "pol.txt").read_text(encoding="utf-8").splitlines()[2]
+    prompt = sentence("pol", 2)
     res = client.completions.create(model="vernacular-tiny", prompt=prompt, max_tokens=6, temperature=0,
                                     logprobs=2, extra_body={"ignore_eos": True})  # fmt: skip
     lp = res.choices[0].logprobs

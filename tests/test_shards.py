@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from vernacular.data.demo_corpus import demo_lines
 from vernacular.data.manifest import temperature_weights
 from vernacular.data.shards import mix_order, write_shards
 from vernacular.run import RunDir, read_json, write_json
 
-NTREX = Path(__file__).resolve().parents[1].parent / "shared" / "corpora" / "ntrex128"
 SIZES = {"deu": 300, "fin": 120, "ell": 40}  # lines per language: a skewed mix
 
 
@@ -42,7 +42,7 @@ def make_run(root: Path) -> tuple[RunDir, Path]:
     run = RunDir(root / "run")
     all_texts = []
     for lang, n in SIZES.items():
-        lines = (NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()
+        lines = demo_lines(lang)
         write_text(run, "train", lang, lines[:n])
         write_text(run, "val", lang, lines[n:n + 20])
         all_texts += lines[:n]
@@ -85,7 +85,7 @@ def test_documents_round_trip_through_the_tokenizer(shards):
     t = Tokenizer.from_file(str(tok))
     tokens = np.fromfile(run.tokens / "val" / "fin.ds", dtype="<u4")
     ends = np.fromfile(run.tokens / "val" / "fin.ds.index", dtype="<u8")
-    expected = (NTREX / "fin.txt").read_text(encoding="utf-8").splitlines()[120:140]
+    expected = demo_lines("fin")[120:140]
     starts = np.concatenate([[0], ends[:-1]]).astype(int)
     assert [t.decode(tokens[a + 1:b - 1].tolist()) for a, b in zip(starts, ends.astype(int))] == expected
     v = meta["splits"]["val"]["fin"]
@@ -123,6 +123,12 @@ def test_temperature_weights_and_mix_order():
     assert w1["a"] == pytest.approx(1000 / 1010)
     order = mix_order([10, 10, 10], 65, np.random.default_rng(0))
     assert len(order) == 3 + 3 + 1 and sorted(order[:3]) == [0, 1, 2]
+    # the natural mix (alpha 1) reads every document exactly once, whatever the float rounding of p_l * total
+    sizes = {"a": 123457, "b": 98765, "c": 77777}
+    total = sum(sizes.values())
+    for lang, w in temperature_weights(sizes, 1.0).items():
+        docs = [sizes[lang] // 7] * 6 + [sizes[lang] - 6 * (sizes[lang] // 7)]
+        assert sorted(mix_order(docs, w * total, np.random.default_rng(0))) == list(range(7)), lang
 
 
 def test_missing_special_tokens_is_a_clear_error(tmp_path):
@@ -144,7 +150,7 @@ def test_data_cli_tokenizes_when_given_a_tokenizer(tmp_path, capsys):
     src.mkdir()
     texts = []
     for lang in ("deu", "ell"):
-        lines = (NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:80]
+        lines = demo_lines(lang)[:80]
         (src / f"{lang}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
         texts += lines
     tok = train_tokenizer(tmp_path / "tokenizer.json", texts)

@@ -1,11 +1,11 @@
-"""The tokenizer stage on real text: train on shipped NTREX lines (the parity dev set) and the embedded corpus, load
-with transformers, round-trip, chat template, CLI. Nothing here needs ../shared."""
+"""The tokenizer stage on real text: train on shipped NTREX lines (the parity dev set) and a sample of the embedded
+corpus (the `demo_txt` fixture), load with transformers, round-trip, chat template, CLI. Nothing here needs
+../shared."""
 
 from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 
@@ -16,7 +16,6 @@ from vernacular.tokenizer.chat import ChatTemplateError
 from vernacular.tokenizer.corpus import PARITY_DEV, build_corpus, read_folder, read_parity_dev
 from vernacular.tokenizer.train import TokenizerConfig, count_words, skeleton, train_tokenizer
 
-DEMO = Path(__file__).resolve().parents[1] / "vernacular" / "data" / "demo"  # the embedded corpus
 
 
 def cli(argv: list[str]) -> int:
@@ -38,10 +37,10 @@ CHAT = [
 
 
 @pytest.fixture(scope="module")
-def plain_dir(tmp_path_factory):
+def plain_dir(tmp_path_factory, demo_txt):
     """A small plain tokenizer trained through the CLI on the embedded corpus (24 languages)."""
     out = tmp_path_factory.mktemp("tok") / "plain"
-    assert cli(["tokenizer", "--input", str(DEMO), "--out", str(out), "--method", "plain", "--vocab-size", "4000",
+    assert cli(["tokenizer", "--input", str(demo_txt), "--out", str(out), "--method", "plain", "--vocab-size", "4000",
                 "--quiet"]) == 0
     return out
 
@@ -116,9 +115,9 @@ def test_merge_loop_on_a_hand_checked_example():
     assert stats["dev_tokens"] == {"x": 3 * 1 + 2 * 2 + 5 * 1}
 
 
-def test_incremental_counts_match_hf_encoding():
+def test_incremental_counts_match_hf_encoding(demo_txt):
     """The loop's running dev token count must equal what HF tokenizers produces with the saved merges."""
-    docs = {lang: read_folder(DEMO)[lang] for lang in ("eng", "ell", "fin", "bul")}
+    docs = {lang: read_folder(demo_txt)[lang] for lang in ("eng", "ell", "fin", "bul")}
     corpus = build_corpus(docs)
     assert sorted(corpus.dev) == sorted(docs) and len({len(v) for v in corpus.dev.values()}) == 1
     tok, stats = train_tokenizer(corpus, TokenizerConfig(vocab_size=1500, method="parity", target=1.0), progress=False)
@@ -148,7 +147,7 @@ def test_word_counts_equal_hf_pre_tokenizer():
     assert count_words(docs) == expected
 
 
-def test_parity_dev_is_shipped_and_user_given(tmp_path):
+def test_parity_dev_is_shipped_and_user_given(tmp_path, demo_txt):
     docs, name = read_parity_dev()
     assert len(docs) == 30 and len({len(v) for v in docs.values()}) == 1 and "shipped" in name
     assert (PARITY_DEV / "LICENSE.md").read_text().startswith("Attribution-ShareAlike 4.0 International")
@@ -156,17 +155,17 @@ def test_parity_dev_is_shipped_and_user_given(tmp_path):
     own.mkdir()
     for lang in ("eng", "ell", "deu"):
         (own / f"{lang}.txt").write_text("\n".join(docs[lang][:30]) + "\n")
-    train = {lang: read_folder(DEMO)[lang] for lang in ("eng", "ell", "deu", "fin")}
+    train = {lang: read_folder(demo_txt)[lang] for lang in ("eng", "ell", "deu", "fin")}
     out = tmp_path / "tok"
-    assert cli(["tokenizer", "--input", str(DEMO), "--out", str(out), "--vocab-size", "800", "--parity-dev", str(own),
-                "--quiet"]) == 0
+    assert cli(["tokenizer", "--input", str(demo_txt), "--out", str(out), "--vocab-size", "800",
+                "--parity-dev", str(own), "--quiet"]) == 0
     stats = json.loads((out / "train_stats.json").read_text())
     assert stats["parity_dev"] == str(own) and sorted(stats["dev_premium"]) == ["deu", "ell", "eng"]
     corpus = build_corpus(train, parity_dev=own)
     assert sorted(corpus.dev) == ["deu", "ell", "eng"]  # fin is trained on but never steered for
     (own / "fra.txt").write_text("one line\n")
     with pytest.raises(SystemExit, match="multi-parallel"):
-        cli(["tokenizer", "--input", str(DEMO), "--out", str(out), "--parity-dev", str(own), "--quiet"])
+        cli(["tokenizer", "--input", str(demo_txt), "--out", str(out), "--parity-dev", str(own), "--quiet"])
 
 
 def test_cli_errors_are_clear(tmp_path):
@@ -186,9 +185,9 @@ def test_cli_errors_are_clear(tmp_path):
         cli(["tokenizer", "--run-dir", str(tmp_path / "empty-run"), "--quiet"])
 
 
-def test_cli_run_dir_records_stage_and_parity(tmp_path):
+def test_cli_run_dir_records_stage_and_parity(tmp_path, demo_txt):
     run = tmp_path / "run"
-    assert cli(["tokenizer", "--run-dir", str(run), "--input", str(DEMO), "--vocab-size", "1000",
+    assert cli(["tokenizer", "--run-dir", str(run), "--input", str(demo_txt), "--vocab-size", "1000",
                 "--parity-eval", str(PARITY_DEV), "--no-shards", "--quiet"]) == 0
     from vernacular.run import RunDir
 
@@ -202,8 +201,8 @@ def test_cli_run_dir_records_stage_and_parity(tmp_path):
     assert recorded["max_premium"] == pytest.approx(rep["max_premium"]) and recorded["parity_dev"] == rep["parity_dev"]
 
 
-def test_run_dir_end_to_end_steers_and_writes_shards(tmp_path):
-    """The product path on the embedded corpus: `vernacular data`, then `vernacular tokenizer --run-dir` trains on the
+def test_run_dir_end_to_end_steers_and_writes_shards(tmp_path, demo_txt):
+    """The product path on text of the embedded corpus: `vernacular data`, then `vernacular tokenizer --run-dir` trains on the
     run's cleaned text (not line-aligned) steered by the shipped dev set, and the shards come out framed with our
     BOS/EOS ids. Against plain BPE on the same run text, the steered tokenizer has a lower max premium on the dev set
     (the text it was steered by: this checks the steering works, FLORES is the benchmark's evaluation)."""
@@ -217,7 +216,7 @@ def test_run_dir_end_to_end_steers_and_writes_shards(tmp_path):
     parser = argparse.ArgumentParser()
     data_args(parser)
     run = tmp_path / "run"
-    assert data_main(parser.parse_args(["--run-dir", str(run), "--source", "demo", "--workers", "1",
+    assert data_main(parser.parse_args(["--run-dir", str(run), "--source", str(demo_txt), "--workers", "1",
                                         "--no-progress"])) == 0
     assert cli(["tokenizer", "--run-dir", str(run), "--vocab-size", "1200", "--parity-eval", str(PARITY_DEV),
                 "--quiet"]) == 0

@@ -44,7 +44,7 @@ def test_pretrain_cli_writes_checkpoints_metrics_and_bpb(run_template, tmp_path)
 
     run = _fresh(run_template, tmp_path, "run")
     argv = ["pretrain", "--run-dir", str(run), "--config", str(run / "model.json"), "--steps", "6", "--save-every", "2",
-            "--eval-every", "3", "--keep-last", "2", *COMMON]
+            "--eval-every", "5", "--eval-points", "3", "--keep-last", "2", *COMMON]
     assert main(argv) == 0
 
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
@@ -65,9 +65,20 @@ def test_pretrain_cli_writes_checkpoints_metrics_and_bpb(run_template, tmp_path)
         assert r["loss"] == pytest.approx(r["main_loss"] + r["mtp_weight"] * r["mtp_loss"] + 1e-4 * r["balance_loss"])
         assert set(r["expert_load_max_mean"]) == {"model.layers.1", "mtp.0.block"}
     assert steps[0]["lr"] == pytest.approx(3e-3 / 3)  # warmup: step 1 of 3
-    evals = [r for r in records if "val_bpb" in r]
-    assert [r["step"] for r in evals] == [3, 6]
+    assert not [r for r in records if "val_bpb" in r]  # validation has its own file
+    # passes over the training windows: 4 windows per step, a fraction of one epoch here
+    assert [r["epochs"] for r in steps] == pytest.approx([r["step"] * steps[0]["epochs"] for r in steps])
+    assert 0 < steps[-1]["epochs"] < 1
+    # validation at every 1/3 of the run (steps 2, 4), every 5 steps, and at the end: per-language records
+    evals = [json.loads(line) for line in (run / "metrics" / "val.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in evals] == [2, 4, 5, 6]
+    for r in evals:
+        assert set(r["val_bpb"]) == {"deu", "fra", "pol"}
+        assert r["val_bpb_mean"] == pytest.approx(sum(r["val_bpb"].values()) / 3)
+        assert r["tokens"] == r["step"] * 4 * 32 and 0 < r["epochs"] < 1
+    assert evals[0]["train_loss"] == pytest.approx((steps[0]["main_loss"] + steps[1]["main_loss"]) / 2)
     val = json.loads((run / "metrics" / "val.json").read_text())
+    assert val["val_bpb"] == evals[-1]["val_bpb"]
     assert set(val["val_bpb"]) == {"deu", "fra", "pol"}
     # an untrained 512-token model predicts ~uniformly: 9 bits per token over ~2-3 bytes per token
     assert all(1.0 < b < 6.0 for b in val["val_bpb"].values()), val

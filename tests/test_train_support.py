@@ -1,4 +1,5 @@
-"""Shared fixtures of the training tests: a run directory of real NTREX text through the real data stage."""
+"""Shared fixtures of the training tests: a run directory of real NTREX text (the embedded corpus) through the real
+data stage."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from vernacular.data.demo_corpus import demo_lines
 
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
 LANGS = ("deu", "fra", "pol")
 TINY = {  # a ~0.3 M parameter model of the same architecture: dense layer + MoE layer + MTP, group-limited routing
     "hidden_size": 64, "intermediate_size": 128, "moe_intermediate_size": 32, "num_hidden_layers": 2,
@@ -31,7 +32,7 @@ def make_run(root: Path, lines: int = 240) -> Path:
     source.mkdir(parents=True, exist_ok=True)
     texts = {}
     for lang in LANGS:
-        texts[lang] = (CORPORA / "ntrex128" / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:lines]
+        texts[lang] = demo_lines(lang)[:lines]
         (source / f"{lang}.txt").write_text("\n".join(texts[lang]) + "\n", encoding="utf-8")
     assert main(["data", "--run-dir", str(root), "--source", str(source), "--workers", "1", "--tasks", "1",
                  "--val-fraction", "0.15"]) == 0

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serve_helpers import NTREX, LiveServer, make_run
+from serve_helpers import LiveServer, demo_lines, make_run
 from vernacular.serve.api import ServerLimits, create_app
 from vernacular.serve.engine import Engine
 from vernacular.serve.loading import find_tokenizer_dir, load_model_for_serving
@@ -144,7 +144,7 @@ def test_chat_page_streams_the_same_answer_as_the_api(server, browser, tmp_path)
     assert d.execute_script("return localStorage.getItem('vernacular.chat.apiKey')") == API_KEY
 
     # A request the server rejects: its OpenAI-shaped 400 shows readably and the typed text returns to the input box.
-    question = (NTREX / "deu.txt").read_text(encoding="utf-8").splitlines()[5]
+    question = demo_lines("deu")[5]
     set_field(d, "max-tokens", "100000")
     box = d.find_element("id", "input")
     box.send_keys(question, Keys.ENTER)

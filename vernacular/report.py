@@ -1,10 +1,11 @@
 """`vernacular report`: one Markdown page (plus PNG plots) that says what a run did.
 
 It only reads what the stages left in the run directory, so it can be rerun at any time and shows whatever stages have
-run so far: data provenance (manifest), tokenizer parity, the training curve, the per-language validation
-bits-per-byte, the chat fine-tuning (held-out loss, language confusion) and the evaluation table with its
-aggregate (`vernacular eval`). People would rather look than read, so the curves and the per-language figures are
-plots too.
+run so far: data provenance (manifest), tokenizer parity, the training curve next to the validation curve (with how
+many passes over the training data the run made, and a warning when validation rises while training loss falls:
+overfitting), the per-language validation bits-per-byte, the chat fine-tuning (held-out loss, language confusion)
+and the evaluation table with its aggregate (`vernacular eval`). People would rather look than read, so the curves
+and the per-language figures are plots too.
 """
 
 from __future__ import annotations
@@ -65,7 +66,51 @@ def _parity_section(parity: dict) -> list[str]:
     return lines
 
 
-def _plot_training(rows: list[dict], out: Path) -> bool:
+# Validation is "still falling" when its last point is within this fraction of the run's best (issue 8's criterion).
+VAL_TOLERANCE = 0.02
+
+
+def overfitting_warning(train_rows: list[dict], val_rows: list[dict], tolerance: float = VAL_TOLERANCE) -> str | None:
+    """A warning when validation bpb rises while training loss falls, else None.
+
+    `val_rows`: metrics/val.jsonl records (`step`, `val_bpb_mean`, optional `train_loss`); `train_rows`:
+    metrics/train.jsonl records (`step`, `main_loss`). Fires when the last validation mean is more than `tolerance`
+    (relative) above the run's minimum while the training loss at the last evaluation is lower than at the minimum's:
+    the model is memorising its training text (too many epochs over too little data) instead of generalising."""
+    points = [r for r in val_rows if isinstance(r.get("val_bpb_mean"), (int, float))]
+    if len(points) < 2:
+        return None
+    best = min(points, key=lambda r: r["val_bpb_mean"])
+    last = points[-1]
+    if last["val_bpb_mean"] <= best["val_bpb_mean"] * (1 + tolerance):
+        return None
+
+    def train_loss_at(point: dict) -> float | None:
+        if isinstance(point.get("train_loss"), (int, float)):
+            return point["train_loss"]
+        losses = [r["main_loss"] for r in train_rows if "main_loss" in r and r["step"] <= point["step"]][-10:]
+        return sum(losses) / len(losses) if losses else None
+
+    loss_best, loss_last = train_loss_at(best), train_loss_at(last)
+    if loss_best is None or loss_last is None or loss_last >= loss_best:
+        return None
+    rise = last["val_bpb_mean"] / best["val_bpb_mean"] - 1
+    return (f"validation bpb rose {rise:.1%} from its minimum {best['val_bpb_mean']:.4f} (step {best['step']}) to "
+            f"{last['val_bpb_mean']:.4f} (step {last['step']}) while the training loss fell from {loss_best:.4f} to "
+            f"{loss_last:.4f}: the model is overfitting its training data. Use more data or a shorter run.")
+
+
+def _epochs(train_rows: list[dict], manifest: dict | None) -> tuple[float | None, float]:
+    """(passes over the training windows, largest per-language repeat of the train mix) of a run."""
+    steps = [r for r in train_rows if "loss" in r]
+    epochs = steps[-1].get("epochs") if steps else None
+    repeat = 1.0
+    for stats in ((manifest or {}).get("tokens", {}).get("train", {}) or {}).values():
+        repeat = max(repeat, float(stats.get("repeat_factor", 1.0)))
+    return epochs, repeat
+
+
+def _plot_training(rows: list[dict], out: Path, val_rows: list[dict] | None = None) -> bool:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,14 +119,31 @@ def _plot_training(rows: list[dict], out: Path) -> bool:
     steps = [r for r in rows if "loss" in r and "tokens" in r]
     if not steps:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4))
+    val_rows = [r for r in val_rows or [] if isinstance(r.get("val_bpb_mean"), (int, float))]
+    fig, axes = plt.subplots(1, 2 if val_rows else 1, figsize=(12 if val_rows else 7, 4), squeeze=False)
+    ax = axes[0][0]
     ax.plot([r["tokens"] for r in steps], [r["loss"] for r in steps], label="total loss (main + MTP + balance)", lw=1)
     if any("main_loss" in r for r in steps):
         ax.plot([r["tokens"] for r in steps], [r.get("main_loss") for r in steps], label="main (next-token) loss", lw=1)
     ax.set_xlabel("tokens")
-    ax.set_ylabel("loss (nats)")
+    ax.set_ylabel("training loss (nats)")
+    ax.set_title("training")
     ax.grid(alpha=0.3)
     ax.legend()
+    if val_rows:
+        ax = axes[0][1]
+        langs = sorted({lang for r in val_rows for lang in r.get("val_bpb", {})})
+        for lang in langs:
+            pts = [(r["tokens"], r["val_bpb"][lang]) for r in val_rows if lang in r.get("val_bpb", {})]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=0.6, alpha=0.35, color="gray")
+        ax.plot([r["tokens"] for r in val_rows], [r["val_bpb_mean"] for r in val_rows], "o-", color="#c03030",
+                label="mean over languages")
+        ax.plot([], [], lw=0.6, color="gray", label="one language")
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("validation bits per byte")
+        ax.set_title("validation (held-out text)")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
@@ -187,6 +249,34 @@ def _eval_section(summary: dict, out: Path) -> list[str]:
     return lines + [f"![evaluation]({out.name})", "", "Every score: `metrics/eval.json`.", ""]
 
 
+def _curve_lines(rows: list[dict], val_rows: list[dict], manifest: dict | None) -> list[str]:
+    """Epochs, the validation curve's end against its minimum, and the overfitting warning (also printed)."""
+    out = []
+    epochs, repeat = _epochs(rows, manifest)
+    if epochs is not None:
+        if epochs > 1.0:
+            note = "the run repeated its data: every training token was read more than once"
+        elif repeat > 1.0:
+            note = (f"no pass was repeated, but the language mix holds some documents up to {repeat:.2f}x "
+                    "(upsampled languages), so some may have been read twice")
+        else:
+            note = "no training token was read twice"
+        out.append(f"Data epochs: **{epochs:.3g}** passes over the training tokens: {note}.")
+        print(f"data epochs: {epochs:.3g} ({note})")
+    points = [r for r in val_rows if isinstance(r.get("val_bpb_mean"), (int, float))]
+    if points:
+        best = min(r["val_bpb_mean"] for r in points)
+        final = points[-1]["val_bpb_mean"]
+        state = "still falling" if final <= best * (1 + VAL_TOLERANCE) else "rising"
+        out.append(f"Validation: {len(points)} evaluations; mean bpb {points[0]['val_bpb_mean']:.4f} -> final "
+                   f"**{final:.4f}** (minimum {best:.4f}, final is {final / best - 1:+.2%} from it: {state}).")
+        print(f"validation bpb: final {final:.4f}, minimum {best:.4f} ({final / best - 1:+.2%})")
+    if warning := overfitting_warning(rows, val_rows):
+        out.append(f"\n> **Warning:** {warning}")
+        print(f"warning: {warning}")
+    return out
+
+
 def write_report(run_dir: str | Path) -> Path:
     from vernacular.run import RunDir, atomic_write_bytes, read_json
 
@@ -200,23 +290,25 @@ def write_report(run_dir: str | Path) -> Path:
     top, bottom = sections(run.root, run.report)
     lines += top
 
-    if run.manifest.exists():
-        lines += _data_section(read_json(run.manifest))
+    manifest = read_json(run.manifest) if run.manifest.exists() else None
+    if manifest is not None:
+        lines += _data_section(manifest)
     parity_json = run.tokenizer / "parity.json"
     if parity_json.exists():
         lines += _parity_section(read_json(parity_json))
 
-    train_jsonl = run.metrics / "train.jsonl"
-    if train_jsonl.exists():
-        rows = _read_jsonl(train_jsonl)
-        if _plot_training(rows, run.report / "training.png"):
+    if run.train_metrics.exists():
+        rows = _read_jsonl(run.train_metrics)
+        val_rows = _read_jsonl(run.val_metrics) if run.val_metrics.exists() else []
+        if _plot_training(rows, run.report / "training.png", val_rows):
             last = [r for r in rows if "loss" in r][-1]
             lines += ["## Training", "", f"{last.get('step')} steps, {last.get('tokens')} tokens, "
-                      f"final loss {last['loss']:.4f}.", "", "![training](training.png)", ""]
+                      f"final loss {last['loss']:.4f}.", ""]
+            lines += _curve_lines(rows, val_rows, manifest)
+            lines += ["", "![training](training.png)", ""]
 
-    val_json = run.metrics / "val.json"
-    if val_json.exists():
-        val = read_json(val_json)
+    if run.val_final.exists():
+        val = read_json(run.val_final)
         bpb = val.get("val_bpb", {})
         bpb = {k: float(v) for k, v in bpb.items() if isinstance(v, (int, float))}
         if bpb:

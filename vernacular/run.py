@@ -7,7 +7,8 @@
       checkpoints/      step_000123/{model.safetensors, optimizer.safetensors, state.json}
         sft/            the chat fine-tuning stage's own step_*/ checkpoints (same layout)
       sft/              data.json (conversations read, kept, split, rejected by reason), rejects.jsonl
-      metrics/          train.jsonl, val.json, eval.json (stage `eval`: lm-eval results and the aggregate)
+      metrics/          train.jsonl (one line per step), val.jsonl (one line per validation pass), val.json (final),
+                        eval.json (stage `eval`: lm-eval results and the aggregate)
       report/           report.md and its plots
       export/hf/        a transformers-loadable folder
 
@@ -116,6 +117,21 @@ class RunDir:
     def eval_results(self) -> Path:
         """Stage `eval`: per-task scores, the aggregate and lm-eval's own results (metrics/eval.json)."""
         return self.metrics / "eval.json"
+
+    @property
+    def train_metrics(self) -> Path:
+        """metrics/train.jsonl: one JSON object per optimizer step (losses, LR, throughput, data epochs)."""
+        return self.metrics / "train.jsonl"
+
+    @property
+    def val_metrics(self) -> Path:
+        """metrics/val.jsonl: one JSON object per validation pass (step, tokens, epochs, train loss, per-language bpb)."""
+        return self.metrics / "val.jsonl"
+
+    @property
+    def val_final(self) -> Path:
+        """metrics/val.json: the final result of pretraining (last step, final per-language validation bpb)."""
+        return self.metrics / "val.json"
 
     @property
     def report(self) -> Path:

@@ -10,7 +10,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run-dir", required=True, help="run directory; output goes to RUN_DIR/data")
     parser.add_argument("--source", action="append", default=None, metavar="SPEC",
                         help="repeatable. A .txt/.jsonl[.gz|.zst]/.parquet file or folder, `hf:DATASET[:CONFIG]`, "
-                             "or `demo` (the embedded CC0 corpus; default). Per-source options after `::`, e.g. "
+                             "or `demo` (the embedded NTREX-128 corpus, 24 EU languages, CC BY-SA 4.0; default). Per-source options after `::`, e.g. "
                              "`corpus/::licence=CC-BY-4.0,lang=deu,collected=2026-01-31,name=news`")
     parser.add_argument("--licence", "--license", dest="licence", default=None,
                         help="declared licence for sources without one (default: from the known-source table)")

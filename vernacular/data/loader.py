@@ -104,6 +104,11 @@ class TokenLoader:
             yield torch.from_numpy(np.stack([self._window(int(w)) for w in order[i:i + self.batch_size]]).astype(np.int64))
             n += 1
 
+    @property
+    def epochs(self) -> float:
+        """Passes over this rank's windows so far (1.0 = every training token read once; > 1: data repeated)."""
+        return self.epoch + self.position / self.rank_windows
+
     # ------------------------------------------------------------------ resume
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "rank": self.rank,

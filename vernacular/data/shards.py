@@ -90,7 +90,7 @@ def mix_order(doc_tokens: list[int], target_tokens: float, rng: np.random.Genera
     if total == 0 or target_tokens <= 0:
         return []
     order: list[int] = []
-    full, rest = divmod(target_tokens, total)
+    full, rest = divmod(round(target_tokens), total)  # whole tokens: (n / total) * total must not exceed n
     for _ in range(int(full)):
         order.extend(rng.permutation(len(doc_tokens)).tolist())
     acc = 0

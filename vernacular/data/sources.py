@@ -20,13 +20,15 @@ from datatrove.pipeline.readers.base import BaseDiskReader
 from datatrove.pipeline.readers.huggingface import HuggingFaceDatasetReader
 from datatrove.pipeline.readers.parquet import ParquetReader
 
+from vernacular.data.demo_corpus import DEMO_DIR
+from vernacular.data.demo_corpus import LICENCE as DEMO_LICENCE
 from vernacular.data.languages import to_iso639_3
 
-DEMO_DIR = Path(__file__).resolve().parent / "demo"
+SPLITS = ("train", "val")
 
 # (substring of the source name or path, lowercase) -> declared licence (SPDX ids)
 KNOWN_LICENCES: tuple[tuple[str, str], ...] = (
-    ("demo", "CC0-1.0"),
+    ("demo", DEMO_LICENCE),  # the embedded corpus is NTREX-128 (vernacular/data/demo/README.md)
     ("ntrex", "CC-BY-SA-4.0"),
     ("flores", "CC-BY-SA-4.0"),
     ("sib-200", "CC-BY-SA-4.0"),
@@ -65,7 +67,10 @@ def lang_from_path(path: str) -> str | None:
 
 @dataclass
 class SourceSpec:
-    """One `--source` value, resolved. Spec syntax: `PATH|hf:DATASET[:CONFIG]|demo[::key=value,key=value]`."""
+    """One `--source` value, resolved. Spec syntax: `PATH|hf:DATASET[:CONFIG]|demo[::key=value,key=value]`.
+
+    `demo` is the embedded corpus (NTREX-128 articles in the 24 official EU languages, CC BY-SA 4.0, JSONL records
+    that carry their own train/val split; see vernacular.data.demo_corpus)."""
 
     kind: str  # txt | jsonl | parquet | hf | demo
     location: str  # path, or hub dataset name
@@ -111,9 +116,12 @@ def parse_source(spec: str, *, licence: str | None = None, collected: str | None
         raise ValueError(f"txt_mode must be 'line' or 'file', got {common['txt_mode']!r}")
     lic = opts.get("licence") or opts.get("license") or licence
 
-    if body == "demo":
+    if body == "demo":  # `demo::lang=deu` reads only that language's file
         name = opts.get("name", "demo")
-        return [SourceSpec("demo", str(DEMO_DIR), name, lic or "CC0-1.0", **common)]
+        location = DEMO_DIR / f"{lang}.jsonl.gz" if lang else DEMO_DIR
+        if not location.exists():
+            raise ValueError(f"the embedded corpus has no {lang!r} text; it holds the 24 official EU languages")
+        return [SourceSpec("demo", str(location), name, lic or DEMO_LICENCE, **common)]
     if body.startswith("hf:"):
         dataset, _, config = body[3:].partition(":")
         if not dataset:
@@ -157,6 +165,8 @@ def _document(text: str, source: SourceSpec, location: str, record: dict | None,
     for key in ("url", "date", "dump"):
         if record.get(key) is not None:
             meta[key] = str(record[key])
+    if record.get("split") in SPLITS:  # a record that names its split keeps it (aligned held-out sets)
+        meta["split"] = record["split"]
     return Document(text=text, id=str(record.get("id") or f"{source.name}/{location}"), metadata=meta)
 
 
@@ -235,10 +245,7 @@ class TxtSourceReader(_SpecReaderMixin, BaseDiskReader):
             except UnicodeDecodeError:
                 yield _quarantined("invalid-utf8", self.source, loc, chunk.decode("utf-8", "backslashreplace"), chunk)
                 continue
-            doc = _document(text, self.source, loc, None, path_lang)
-            if self.source.kind == "demo":
-                doc.id = f"demo/{filepath}:{li + 1}"
-            yield doc
+            yield _document(text, self.source, loc, None, path_lang)
 
 
 def _decompressed(f, filepath: str, chunk_size: int = 1 << 16):
@@ -455,9 +462,9 @@ def check_hub_sources(specs: list[SourceSpec], timeout: float = 5.0) -> None:
 
 
 def make_reader(source: SourceSpec, *, progress: bool = False):
-    if source.kind in ("txt", "demo"):
+    if source.kind == "txt":
         return TxtSourceReader(source, file_progress=progress)
-    if source.kind == "jsonl":
+    if source.kind in ("jsonl", "demo"):
         return JsonlSourceReader(source, file_progress=progress)
     if source.kind == "parquet":
         return ParquetSourceReader(source, file_progress=progress)

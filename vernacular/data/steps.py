@@ -447,7 +447,9 @@ def split_hash(text: str, seed: int) -> float:
 
 class SplitAssigner(PipelineStep):
     """Per-language held-out validation split: a seeded hash of the text decides, so the split does not depend on
-    the number of tasks, file order or reruns (and identical texts cannot straddle it)."""
+    the number of tasks, file order or reruns (and identical texts cannot straddle it). A document whose record names
+    its split (`"split": "train"|"val"`, as the embedded corpus does, for validation articles aligned across
+    languages) keeps it."""
 
     type = "✂️ - SPLIT"
     name = "🎲 train/val split"
@@ -461,7 +463,8 @@ class SplitAssigner(PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         for doc in data:
-            doc.metadata["split"] = "val" if split_hash(doc.text, self.seed) < self.val_fraction else "train"
+            if doc.metadata.get("split") not in ("train", "val"):  # records may name their own split (demo corpus)
+                doc.metadata["split"] = "val" if split_hash(doc.text, self.seed) < self.val_fraction else "train"
             self.stat_update(doc.metadata["split"])
             yield doc
 

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confusion-tokens", type=int, default=32,
                         help="answer length (tokens) of the language-confusion measurement after training; 0 skips it "
                         "(default: 32)")
-    add_loop_arguments(parser, batch_size=4, seq_len=512, lr=1e-3, warmup=5,
+    add_loop_arguments(parser, batch_size=4, seq_len=512, lr=1e-3, warmup=5, eval_points=0,
                        length_help="; without --steps: --epochs passes over the conversations")
 
 

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_loop_arguments(parser: argparse.ArgumentParser, batch_size: int = 8, seq_len: int = 256, lr: float = 3e-3,
-                       warmup: int = 20, length_help: str = "") -> None:
+                       warmup: int = 20, length_help: str = "", eval_points: int = 8) -> None:
     """The options of the shared training loop (length, batch, optimizer, schedule, checkpoints, system), with the
     defaults that differ between stages as parameters; `vernacular pretrain` and `vernacular sft` both use it."""
     length = parser.add_argument_group("length (give --steps, --minutes or both; the first reached stops the run)"
@@ -47,8 +47,15 @@ def add_loop_arguments(parser: argparse.ArgumentParser, batch_size: int = 8, seq
     sched.add_argument("--mtp-weight-late", type=float, default=0.1, help="MTP loss weight late (default 0.1)")
     sched.add_argument("--mtp-switch", type=float, default=0.7, help="run fraction where the MTP weight drops")
     io = parser.add_argument_group("evaluation and checkpoints")
-    io.add_argument("--eval-every", type=int, default=0, help="validation bpb every N steps (default: at the end)")
+    io.add_argument("--eval-every", "--val-every", dest="eval_every", type=int, default=0, metavar="N",
+                    help="per-language validation bpb every N steps, into metrics/val.jsonl (default 0: off, "
+                         "see --eval-points); always at the end")
+    io.add_argument("--eval-points", type=int, default=eval_points, metavar="K",
+                    help="validation at every 1/K of the run (of --steps or --minutes), so a curve has K points "
+                         "whatever the speed (default: %(default)s; 0: off)")
     io.add_argument("--eval-batches", type=int, default=8, help="validation batches per language (default: 8)")
+    io.add_argument("--eval-batch-size", type=int, default=None,
+                    help="sequences per validation batch (default: --batch-size)")
     io.add_argument("--save-every", type=int, default=0, help="checkpoint every N steps (default: at the end)")
     io.add_argument("--keep-last", type=int, default=3, help="checkpoints to keep (default: 3)")
     io.add_argument("--resume", action="store_true", help="continue from the latest good checkpoint")
@@ -84,7 +91,8 @@ def config_from_args(args: argparse.Namespace, default_steps: int = 200):
                                 decay_shape=args.decay_shape, min_lr_ratio=args.min_lr_ratio,
                                 mtp_weight=args.mtp_weight, mtp_weight_late=args.mtp_weight_late,
                                 mtp_switch=args.mtp_switch),
-        clip=args.clip, eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every,
+        clip=args.clip, eval_every=args.eval_every, eval_points=args.eval_points, eval_batches=args.eval_batches,
+        eval_batch_size=args.eval_batch_size, save_every=args.save_every,
         keep_last=args.keep_last, resume=args.resume, compile=args.compile, distributed=args.distributed,
         expert_parallel=args.expert_parallel,
         tensorboard=args.tensorboard, seed=args.seed, dtype=args.dtype, device=args.device,

@@ -52,8 +52,10 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     clip: float = 1.0
-    eval_every: int = 0  # 0: evaluate only at the end
+    eval_every: int = 0  # validation every N optimizer steps (0: off; see eval_points)
+    eval_points: int = 0  # validation at each 1/eval_points of the run's progress (0: off; CLI default 8)
     eval_batches: int = 8  # val batches per language
+    eval_batch_size: int | None = None  # sequences per val batch (default: batch_size)
     save_every: int = 0  # 0: save only at the end
     keep_last: int = 3
     resume: bool = False
@@ -83,6 +85,11 @@ class TrainConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.expert_parallel < 1:
             raise ValueError(f"expert_parallel must be positive, got {self.expert_parallel}")
+        for name in ("eval_every", "eval_points"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.eval_batches <= 0 or (self.eval_batch_size is not None and self.eval_batch_size <= 0):
+            raise ValueError("eval_batches and eval_batch_size must be positive")
         if self.dtype not in ("auto", "fp32", "bf16"):
             raise ValueError(f"dtype must be auto, fp32 or bf16, got {self.dtype!r}")
 
@@ -179,10 +186,16 @@ class Stage:
     init_weights: Callable[[], dict[str, torch.Tensor]] | None = None
     record: dict[str, Any] = field(default_factory=dict)  # extra entries of the stage's run.toml table
     eval_at_start: bool = False  # also evaluate (and log at step 0) before the first step of a fresh run
+    val_metrics: Path | None = None  # JSONL of the validation passes (default: into `metrics` with the steps)
 
 
 def train(run_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
-    """Pretrain on RunDir(run_dir)'s token shards; returns the final metrics (also in metrics/val.json)."""
+    """Pretrain on RunDir(run_dir)'s token shards; returns the final metrics (also in metrics/val.json).
+
+    Writes metrics/train.jsonl (one record per step, with `epochs`: passes over the train windows so far) and
+    metrics/val.jsonl (one record per validation pass: step, tokens, epochs, mean main loss of the steps since the
+    previous pass, per-language validation bits per byte and their mean), every `eval_every` steps, at every
+    1/`eval_points` of the run's progress, and at the end."""
     from vernacular.data.loader import TokenLoader, languages
 
     run = RunDir(run_dir)
@@ -202,13 +215,13 @@ def train(run_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
     val_langs = languages(tokens_dir, "val")
 
     def evaluate(model: torch.nn.Module, info: DistInfo, autocast_dtype: torch.dtype | None) -> dict[str, Any]:
-        val = evaluate_bpb(model, tokens_dir, max_batches=cfg.eval_batches, batch_size=cfg.batch_size,
-                           seq_len=cfg.seq_len, langs=val_langs, device=info.device, autocast_dtype=autocast_dtype,
+        val = evaluate_bpb(model, tokens_dir, max_batches=cfg.eval_batches,
+                           batch_size=cfg.eval_batch_size or cfg.batch_size, seq_len=cfg.seq_len, langs=val_langs, device=info.device, autocast_dtype=autocast_dtype,
                            rank=info.rank, world_size=info.world_size)
         return {"val_bpb": val, "val_bpb_mean": _mean(val)}
 
-    stage = Stage(name="pretrain", checkpoints=run.checkpoints, metrics=run.metrics / "train.jsonl",
-                  result=run.metrics / "val.json",
+    stage = Stage(name="pretrain", checkpoints=run.checkpoints, metrics=run.train_metrics,
+                  result=run.val_final, val_metrics=run.val_metrics,
                   model_config=lambda resume_state: _resolve_model_config(cfg, run, resume_state),
                   make_loader=make_loader, evaluate=evaluate)
     return fit(run, cfg, stage)
@@ -277,11 +290,15 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
     if info.is_main:
         ckpt.remove_stale_temporaries(stage.checkpoints)
         logger = MetricsLogger(stage.metrics, run.metrics / "tensorboard" / stage.name if cfg.tensorboard else None)
+        val_logger = MetricsLogger(stage.val_metrics) if stage.val_metrics else logger
+        if stage.val_metrics:
+            val_logger.tb = logger.tb
         if resume_state is not None:
-            logger.truncate_after(step)
             print(f"resumed from {resume_path} (step {step}, {tokens_seen:,} tokens)", file=sys.stderr, flush=True)
-        else:
-            logger.truncate_after(0)  # a fresh run in an old run dir must not append to a previous curve
+        # a resumed run drops what a killed run wrote past its checkpoint; a fresh run in an old run dir must not
+        # append to a previous curve
+        for log in {id(x): x for x in (logger, val_logger)}.values():
+            log.truncate_after(step)
         run.record_stage(stage.name, {**cfg.to_dict(), **stage.record, "grad_accum": grad_accum,
                                       "tokens_per_step": step_tokens, "world_size": info.world_size,
                                       "model_config": config.to_dict()})
@@ -310,8 +327,18 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
         barrier(info)
         return path
 
+    loss_since_eval = [0.0, 0]  # summed main loss and steps since the last validation pass
+    evaluated_at: list[int] = []  # step of the last validation pass
+
     def run_eval() -> dict[str, Any]:
-        return stage.evaluate(model, info, autocast_dtype)
+        val = stage.evaluate(model, info, autocast_dtype)
+        if info.is_main:
+            train_loss = loss_since_eval[0] / loss_since_eval[1] if loss_since_eval[1] else None
+            val_logger.log({"step": step, "tokens": tokens_seen, "epochs": getattr(loader, "epochs", None),
+                            "elapsed_s": elapsed_now(), "train_loss": train_loss, **val})
+        loss_since_eval[:] = [0.0, 0]
+        evaluated_at[:] = [step]
+        return val
 
     bar = None
     if info.is_main and cfg.progress:
@@ -327,9 +354,9 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
 
     if stage.eval_at_start and step == 0:
         val = run_eval()
-        if info.is_main:
-            logger.log({"step": 0, "tokens": 0, **val})
         seg_start = time.perf_counter()  # the clock (and a --minutes budget) starts with training
+    # progress-based validation: the next multiple of 1/eval_points to cross (a resumed run continues the count)
+    next_point = math.floor(progress_of(step, elapsed_before) * cfg.eval_points) + 1 if cfg.eval_points else None
 
     while True:
         elapsed = elapsed_now()
@@ -376,7 +403,8 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
         tok_s = step_tokens / dt
         last_loss = float(sums[0])
         if info.is_main:
-            record = {"step": step, "tokens": tokens_seen, "loss": last_loss, "main_loss": float(sums[1]),
+            record = {"step": step, "tokens": tokens_seen, "epochs": getattr(loader, "epochs", None),
+                      "loss": last_loss, "main_loss": float(sums[1]),
                       "mtp_loss": float(sums[2]), "balance_loss": float(sums[3]), "lr": lr, "mtp_weight": w_mtp,
                       "grad_norm": float(grad_norm), "tok_per_s": tok_s, "mfu": flops_tok * tok_s / peak,
                       "step_time_s": dt, "elapsed_s": elapsed_now(), "expert_load_max_mean": load_stats}
@@ -389,11 +417,20 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
                                 eta=remaining, refresh=False)
                 bar.update(1)
 
+        loss_since_eval[0] += float(sums[1])
+        loss_since_eval[1] += 1
         final = (cfg.steps and step >= cfg.steps) or (budget_s and elapsed_now() >= budget_s)
-        if cfg.eval_every and step % cfg.eval_every == 0 and not final:
+        due = bool(cfg.eval_every) and step % cfg.eval_every == 0
+        if next_point is not None:
+            progress_now = progress_of(step, elapsed_now())
+            if info.enabled and budget_s:  # ranks' clocks differ: decide on one shared value, so all evaluate together
+                progress_now = float(all_reduce_mean(torch.tensor([progress_now], dtype=torch.float64,
+                                                                  device=info.device), info)[0])
+            if progress_now * cfg.eval_points >= next_point:
+                due = True
+                next_point = math.floor(progress_now * cfg.eval_points) + 1
+        if due and not final:
             val = run_eval()
-            if info.is_main:
-                logger.log({"step": step, "tokens": tokens_seen, **val})
         if cfg.save_every and step % cfg.save_every == 0 and not final:
             save(step, elapsed_now())
             last_saved = step
@@ -401,12 +438,12 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
     if bar is not None:
         bar.close()
     train_elapsed = elapsed_now()
-    val = run_eval()
+    if evaluated_at != [step]:  # a pass that ran at this very step (and used up the budget) is not repeated
+        val = run_eval()
     path = save(step, train_elapsed) if last_saved != step else stage.checkpoints / ckpt.step_dir_name(step)
     result = {"step": step, "tokens": tokens_seen, "train_loss": last_loss, **val, "elapsed_s": train_elapsed,
               "checkpoint": str(path)}
     if info.is_main:
-        logger.log({"step": step, "tokens": tokens_seen, **val})
         logger.close()
         write_json(stage.result, result)
     return result
