@@ -379,3 +379,18 @@ def test_a_dead_scheduler_loop_is_restarted(engine):
     assert failed.finish_reason == "error" and "scheduler bug" in failed.error
     assert engine.restarts == restarts + 1 and engine.running
     assert engine.complete(prompt, greedy(max_tokens=3)).finish_reason == "length"
+
+
+def test_min_tokens_yields_to_a_complete_grammar():
+    """A grammar that allows only the stop token (its structure is complete) ends the answer even before min_tokens:
+    masking the stop token too would leave nothing to sample (a failed request instead of a finished one)."""
+    from vernacular.serve.sampling import SamplingParams, process_logits
+
+    p = SamplingParams(max_tokens=8, min_tokens=5)
+    allowed = torch.zeros(10, dtype=torch.bool)
+    allowed[3] = True  # the stop token only
+    row = process_logits(torch.zeros(10), p, [1], [2], {3}, allowed)
+    assert torch.isfinite(row[3]) and int(row.argmax()) == 3
+    allowed[4] = True  # the grammar allows more: min_tokens holds the stop token back
+    row = process_logits(torch.zeros(10), p, [1], [2], {3}, allowed)
+    assert row[3] == float("-inf") and int(row.argmax()) == 4

@@ -96,7 +96,8 @@ def process_logits(row: torch.Tensor, p: SamplingParams, prompt_ids: list[int], 
     """Apply one request's logit processors to its row of next-token logits [V] (fp32, modified in place).
 
     Order as in vLLM: repetition penalty, then frequency/presence penalties, then logit_bias, then min_tokens and the
-    grammar mask `allowed` (bool [V], True = the grammar allows the token), which no bias can undo.
+    grammar mask `allowed` (bool [V], True = the grammar allows the token), which no bias can undo. When the grammar
+    allows nothing but stop tokens (the structure is complete), min_tokens yields to it.
     """
     vocab = row.shape[0]
     if p.repetition_penalty != 1.0:
@@ -111,7 +112,10 @@ def process_logits(row: torch.Tensor, p: SamplingParams, prompt_ids: list[int], 
         ids = torch.tensor([t for t in p.logit_bias if 0 <= t < vocab], dtype=torch.long)
         row[ids] += torch.tensor([p.logit_bias[t] for t in ids.tolist()], dtype=row.dtype)
     if len(generated) < p.min_tokens and stop_ids:
-        row[torch.tensor(sorted(t for t in stop_ids if 0 <= t < vocab), dtype=torch.long)] = float("-inf")
+        stops = torch.tensor(sorted(t for t in stop_ids if 0 <= t < vocab), dtype=torch.long)
+        # a grammar that is complete allows only stop tokens: it ends the answer, min_tokens cannot outlast it
+        if allowed is None or bool(allowed[:vocab].clone().index_fill_(0, stops, False).any()):
+            row[stops] = float("-inf")
     if allowed is not None:
         row.masked_fill_(~allowed[:vocab], float("-inf"))
     return row
