@@ -41,8 +41,10 @@ def _data_section(manifest: dict) -> list[str]:
               "|---|---|---|---:|---:|---:|---:|---:|"]
     for name, source in manifest.get("sources", {}).items():
         for lang, stats in sorted(source.get("languages", {}).items()):
-            for reason, count in stats.get("removed", {}).items():
-                reasons[reason] = reasons.get(reason, 0) + (count if isinstance(count, int) else 0)
+            for step, by_reason in stats.get("removed", {}).items():  # {step: {reason: documents}}
+                for reason, count in (by_reason.items() if isinstance(by_reason, dict) else [(step, by_reason)]):
+                    key = step if reason == step else f"{step}: {reason}"
+                    reasons[key] = reasons.get(key, 0) + (count if isinstance(count, int) else 0)
             tokens = stats.get("tokens", {})
             lines.append(
                 f"| {name} | {lang} | {source.get('declared_licence', '')} | {stats.get('documents_in', 0)} | "
