@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 
-DEMO = Path(__file__).resolve().parents[1] / "vernacular" / "data" / "demo"
 VOCAB = 512
 PROMPTS = [
     "The European Parliament met in Strasbourg",
@@ -42,9 +41,10 @@ def train_tokenizer(out_dir: Path) -> Path:
     from vernacular.tokenizer import SPECIAL_TOKENS
     from vernacular.tokenizer.train import TokenizerConfig, save_tokenizer, skeleton
 
-    docs = []
-    for f in sorted(DEMO.glob("*.txt")):
-        docs += f.read_text(encoding="utf-8").splitlines()[:200]
+    from vernacular.data.demo_corpus import demo_languages, demo_lines
+
+    docs = [line for lang in demo_languages() for line in demo_lines(lang, "train")[:200]]
+    assert docs, "the embedded demo corpus is empty"
     tok = skeleton()
     trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from serve_helpers import TINY_MODEL, save_checkpoint
 
-DEMO = Path(__file__).resolve().parents[1] / "vernacular" / "data" / "demo"
 
 
 def make_eval_run(root: Path, seed: int = 0, vocab_size: int = 1024) -> Path:
@@ -20,7 +19,9 @@ def make_eval_run(root: Path, seed: int = 0, vocab_size: int = 1024) -> Path:
     from vernacular.tokenizer.train import TokenizerConfig, save_tokenizer, skeleton
 
     run = RunDir(root).create()
-    docs = [line for f in sorted(DEMO.glob("*.txt")) for line in f.read_text(encoding="utf-8").splitlines()]
+    from vernacular.data.demo_corpus import demo_languages, demo_lines
+
+    docs = [line for lang in demo_languages() for line in demo_lines(lang, "train")[:200]]
     tok = skeleton()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
