@@ -110,7 +110,9 @@ def test_llama_cpp_reproduces_our_greedy_tokens_from_f32_and_close_logits_from_q
 
     q8 = llama_run(llama_cpp, tmp_path / "m-q8.gguf", prompts, 0)
     diffs = [max_logprob_diff(a, b) for a, b in zip(ours, q8)]
-    assert max(diffs) < 0.3, diffs
+    # q8_0 (8-bit blocks of 32) on this random-init tiny model: measured 0.22-0.34 nats max prompt-logprob difference
+    # (2026-11-30, llama-cpp-python 0.3.36); 0.5 bounds it, far below what a wrong tensor layout gives (several nats)
+    assert max(diffs) < 0.5, diffs
     assert max(diffs) > 1e-5  # the weights really are quantised
 
 
