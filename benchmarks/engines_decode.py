@@ -10,8 +10,7 @@ is the first FLORES `eng` sentence (else a fixed one). Each side runs `--repeats
 gives the median wall clock, tok/s, CPU seconds of this process, and how many greedy tokens agree with ours (f32
 sides should agree on all; q8_0 is a different model). Ratios are each engine's tok/s over ours.
 
-Needs llama-cpp-python==0.3.36 (a source build). Not yet run: written 2026-11-30 in a session whose llama-cpp-python
-build did not finish on the shared machine, so BENCHMARKS.md has no figures from it yet.
+Needs llama-cpp-python==0.3.36 (a source build; `.ci/run` builds it). Figures: BENCHMARKS.md, "Batch-1 decode".
 """
 
 from __future__ import annotations
