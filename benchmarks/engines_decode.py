@@ -120,11 +120,12 @@ def main() -> int:
         llm.close()
 
     ids = torch.tensor([prompt])
+    # like our ignore_eos: never stop, but do not mask the end tokens either (min_new_tokens would, changing the argmax)
+    hf.generation_config.eos_token_id = None
 
     def hf_generate():
         with torch.inference_mode():
-            seq = hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
-                              pad_token_id=0)  # fmt: skip
+            seq = hf.generate(ids, max_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=0)  # fmt: skip
         return seq[0, len(prompt) :].tolist()
 
     rows["transformers generate (fp32)"] = timed(hf_generate, args.repeats)
