@@ -95,21 +95,6 @@ class RunRecords:
         return ModelConfig.from_dict(state["model_config"]) if state and state.get("model_config") else None
 
 
-def _sft_root(run: RunDir) -> Path:
-    return getattr(run, "sft_checkpoints", run.checkpoints / "sft")
-
-
-def _eval_results(run: RunDir) -> dict[str, Any] | None:
-    for attr in ("eval_results", "evaluation"):
-        path = getattr(run, attr, None)
-        if isinstance(path, Path) and path.is_file():
-            return read_json(path)
-    for path in (run.metrics / "eval.json", run.root / "eval" / "results.json"):
-        if path.is_file():
-            return read_json(path)
-    return None
-
-
 def collect(run_dir: str | Path) -> RunRecords:
     """Read every record of a run directory; missing stages are None (the documents say what is missing)."""
     run = RunDir(run_dir)
@@ -123,10 +108,11 @@ def collect(run_dir: str | Path) -> RunRecords:
     if stats.is_file():
         rec.tokenizer = read_json(stats)
     rec.pretrain = _latest_state(run.checkpoints)
-    rec.sft = _latest_state(_sft_root(run))
+    rec.sft = _latest_state(run.sft_checkpoints)
     for stage in ("pretrain", "sft"):
         path = run.energy_record(stage)
         if path.is_file():
             rec.energy[stage] = read_json(path)
-    rec.evaluation = _eval_results(run)
+    if run.eval_results.is_file():
+        rec.evaluation = read_json(run.eval_results)
     return rec
