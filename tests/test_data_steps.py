@@ -120,3 +120,30 @@ def test_robots_option_forms(tmp_path):
     assert set(_robots(cfg)) == {"zeitung.example.de", "blog.example.eu"}
     with pytest.raises(ValueError, match="DOMAIN=FILE"):
         _robots(DataConfig(robots=[str(tmp_path / "r.txt")]))
+
+
+def test_simplify_text_and_shingles_match_datatrove():
+    """Our faster `simplify_text` gives datatrove's output; MinHash shingles and decontamination n-grams are
+    datatrove's (its normalization, whitespace words, n-grams) hashed with 64-bit xxHash of the UTF-8 bytes."""
+    import random
+
+    import xxhash
+    from datatrove.utils.text import PUNCTUATION, TextNormConfig, ngrams
+    from datatrove.utils.text import simplify_text as datatrove_simplify
+
+    from vernacular.data.pipeline import DataConfig, _minhash_config
+    from vernacular.data.steps import MinhashSignature, simplify_text, word_ngrams
+
+    from corpus_fixtures import demo_lines
+
+    rng = random.Random(0)
+    chars = [*PUNCTUATION, " ", "\t", "\n", "\u00a0", "\u2003", "a", "é", "1", "2,5", ".", "\u0301", "Ä", "ß", "İ"]
+    texts = [line for lang in ("deu", "ell", "fra", "gle", "mlt", "pol") for line in demo_lines(lang, "val")[:50]]
+    texts += ["".join(rng.choice(chars) for _ in range(rng.randrange(30))) for _ in range(3000)]
+    for t in texts:
+        assert simplify_text(t) == datatrove_simplify(t, TextNormConfig()), repr(t)
+    sig = MinhashSignature("/tmp/unused", config=_minhash_config(DataConfig()))
+    for t in texts[:300]:
+        grams = [" ".join(g) for g in ngrams(datatrove_simplify(t).split(), 5)]
+        assert word_ngrams(t, 5) == grams
+        assert sig.get_shingles(t).ravel().tolist() == [xxhash.xxh64_intdigest(g.encode()) for g in grams]

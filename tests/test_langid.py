@@ -41,3 +41,32 @@ def test_declared_language_check():
     assert lid.filter(Document(text=de[0], id="x", metadata={"lang": "deu"})) is True
     narrow = LanguageFilter(("eng", "fra"))
     assert narrow.filter(Document(text=de[0], id="x", metadata={"lang": "deu"})) == (False, "lang-unsupported")
+
+
+def test_vectorized_features_and_scores_equal_py3langid():
+    """`vernacular.data.langid` finds py3langid's features without its byte-by-byte DFA walk: the counts (in the
+    Counter's order) and the ranked probabilities must be identical, one text at a time and in mixed batches."""
+    import random
+
+    from py3langid.langid import MODEL_FILE, LanguageIdentifier, visit_counts
+
+    from vernacular.data.langid import identifier
+    from vernacular.data.languages import LANGID_LABEL
+
+    ref = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    ref.set_languages(sorted({LANGID_LABEL[c] for c in ALL_LANGUAGES}))
+    fast = identifier(ALL_LANGUAGES)
+    rng = random.Random(0)
+    texts = [line for lang in EU_LANGUAGES for line in demo_lines(lang, "val")[:40]]
+    texts += ["", "a", "ab", "a", "HELLO WORLD", "ÄÖÜ ß", "\x00\xff"]
+    texts += [bytes(rng.randrange(256) for _ in range(rng.randrange(40))).decode("latin-1") for _ in range(200)]
+    texts += [" ".join(rng.sample(texts[:900], 12)) for _ in range(20)]  # long, mixed languages
+    rng.shuffle(texts)
+    encoded = [ref._encode(t) for t in texts]
+    for b, (ids, counts) in zip(encoded, fast.feature_counts(encoded), strict=True):
+        visits = visit_counts(ref.tk_nextmove, ref._rowbase, ref.tk_output, b) or {}
+        assert list(visits) == ids.tolist() and list(visits.values()) == counts.tolist()
+    expected = [ref.rank(t) for t in texts]
+    assert [fast.rank(t) for t in texts] == expected
+    batched = [r for i in range(0, len(texts), 97) for r in fast.rank_batch(texts[i:i + 97])]
+    assert batched == expected

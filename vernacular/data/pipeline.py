@@ -119,10 +119,10 @@ def _minhash_config(cfg: DataConfig):
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.utils.hashing import HashConfig
 
-    # sha1 shingle hashes: datatrove's xxhash path hands str shingles to xxhash, which wants bytes
+    # 64-bit xxHash shingles (datatrove's default hash), computed by steps.MinhashSignature on UTF-8 bytes
     return MinhashConfig(n_grams=cfg.minhash_ngrams, num_buckets=cfg.minhash_buckets,
                          hashes_per_bucket=cfg.minhash_hashes_per_bucket, seed=cfg.seed + 1,
-                         hash_config=HashConfig(precision=64, hash_fc="sha1"))
+                         hash_config=HashConfig(precision=64, hash_fc="xxhash"))
 
 
 def _exact_config():
@@ -137,17 +137,38 @@ def _exact_config():
 
 def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter") -> list:
     """The datatrove steps of one stage (see the module docstring); hand them to any datatrove executor."""
-    from datatrove.pipeline.dedup.exact_dedup import ExactDedupFilter, ExactDedupSignature, ExactFindDedups
-    from datatrove.pipeline.dedup.minhash import (MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter,
-                                                  MinhashDedupSignature)
+    from datatrove.pipeline.dedup.exact_dedup import (
+        ExactDedupFilter,
+        ExactDedupSignature,
+        ExactFindDedups,
+    )
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+    )
     from datatrove.pipeline.writers.jsonl import JsonlWriter
 
     from vernacular.data.robots import read_blocklist
     from vernacular.data.sources import make_reader
-    from vernacular.data.steps import (Decontaminate, EuropeanWordTokenizer, EvalNGramIndexer, InputCounter,
-                                       LanguageFilter, Normalize, OptOutFilter, PIIRedactor, QualityFilter, Quarantine,
-                                       RankJsonlReader, RejectWriter, SplitAssigner, document_dict, kept_writer,
-                                       load_thresholds)
+    from vernacular.data.steps import (
+        Decontaminate,
+        EvalNGramIndexer,
+        InputCounter,
+        LanguageFilter,
+        MinhashSignature,
+        Normalize,
+        OptOutFilter,
+        PIIRedactor,
+        QualityFilter,
+        Quarantine,
+        RankJsonlReader,
+        RejectWriter,
+        SplitAssigner,
+        document_dict,
+        kept_writer,
+        load_thresholds,
+    )
 
     run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
     work, rejects = _work(run), str(run.rejects)
@@ -182,8 +203,7 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
                              exclusion_writer=RejectWriter(rejects, "exact-dedup", "exact-duplicate")),
             JsonlWriter(str(work / "deduped"), output_filename="${rank}.jsonl", compression=None,
                         adapter=document_dict),
-            MinhashDedupSignature(str(work / "minhash" / "sigs"), config=_minhash_config(cfg),
-                                  language=EuropeanWordTokenizer()),
+            MinhashSignature(str(work / "minhash" / "sigs"), config=_minhash_config(cfg)),
         ]
     if stage == "minhash_buckets":
         return [MinhashDedupBuckets(str(work / "minhash" / "sigs"), str(work / "minhash" / "buckets"),

@@ -15,27 +15,18 @@ question. Answers are greedy decodes of the serving engine (`vernacular.serve.en
 from __future__ import annotations
 
 import threading
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from vernacular.data.languages import EU_LANGUAGES, LANGID_LABEL, from_langid_label
-
-
-@lru_cache(maxsize=1)
-def _identifier():
-    from py3langid.langid import MODEL_FILE, LanguageIdentifier
-
-    ident = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
-    ident.set_languages(sorted(LANGID_LABEL[code] for code in EU_LANGUAGES))
-    return ident
+from vernacular.data.langid import identifier
+from vernacular.data.languages import EU_LANGUAGES, from_langid_label
 
 
 def detect_language(text: str) -> str | None:
     """The ISO 639-3 code of the EU language `text` is most likely in (None for text without letters)."""
     if not any(ch.isalpha() for ch in text):
         return None
-    label, _ = _identifier().classify(text)
+    label, _ = identifier(EU_LANGUAGES).classify(text)
     return from_langid_label(label)
 
 

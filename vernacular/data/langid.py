@@ -1,0 +1,161 @@
+"""Language identification: py3langid's model and decision rule, with its feature extraction vectorised in numpy.
+
+py3langid (langid.py's naive Bayes over byte n-grams; Lui & Baldwin, 2012) finds its features with a DFA walked one
+byte at a time in Python (`py3langid.langid.visit_counts`), about 85 % of its time on a news sentence. That DFA is an
+Aho-Corasick automaton over the feature trie: after each byte its state is the longest suffix of the bytes read so
+far that is a trie node (checked on every one of the model's 104,583 x 256 transitions when this module was written;
+`tests/test_langid.py` checks the counts against py3langid's own walk). Trie nodes are at most 6 bytes long, so the
+state after byte i is found without walking: look up the suffixes of length 6, 5, ..., 1 ending at i among the nodes
+of that length (`np.searchsorted`) and keep the longest hit. Every other step is py3langid's own code (`_encode`,
+`_sparse_score`, `_decide`, `rank`, `classify`), and the feature counts reach `_sparse_score` in the order its
+`Counter` gives them, so scores are bit-identical to py3langid's.
+
+    ident = identifier(("deu", "fra"))        # cached per language set, ISO 639-3 codes
+    ident.rank("Guten Morgen")                # [('de', p), ('fr', p)] py3langid labels, best first
+
+The model ships inside py3langid's wheel (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from functools import lru_cache
+from itertools import pairwise
+
+import numpy as np
+from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+from vernacular.data.languages import LANGID_LABEL
+
+
+class VectorizedIdentifier(LanguageIdentifier):
+    """py3langid's LanguageIdentifier whose feature extraction runs in numpy (same features, counts and scores)."""
+
+    __slots__ = ["_direct", "_keys", "_max_len", "_out", "_pending", "_states"]
+
+    @classmethod
+    def from_model_file(cls, model_file=MODEL_FILE, *args, **kwargs) -> VectorizedIdentifier:
+        ident = super().from_model_file(model_file, *args, **kwargs)
+        ident._build_suffix_tables()
+        ident._pending = None
+        return ident
+
+    def _build_suffix_tables(self) -> None:
+        """Every DFA state's byte string (breadth-first over the transitions: a transition from depth d to depth d+1
+        appends its byte), as per-length sorted uint64 keys (the bytes, big-endian) next to their state ids."""
+        nextmove = np.frombuffer(self.tk_nextmove, dtype=np.dtype(self.tk_nextmove.typecode))
+        rows = np.frombuffer(self.tk_row, dtype=np.dtype(self.tk_row.typecode)).astype(np.int64)
+        n_states = len(rows)
+        depth = np.full(n_states, -1, dtype=np.int64)
+        key = np.zeros(n_states, dtype=np.uint64)
+        depth[0], frontier = 0, np.array([0])
+        table = nextmove.reshape(-1, 256)
+        while frontier.size:
+            nxt = table[rows[frontier]].astype(np.int64)  # (frontier, 256)
+            new = depth[nxt] < 0
+            parent, byte = np.nonzero(new)
+            child = nxt[parent, byte]
+            child, first = np.unique(child, return_index=True)
+            parent, byte = frontier[parent[first]], byte[first]
+            depth[child] = depth[parent] + 1
+            key[child] = (key[parent] << np.uint64(8)) | byte.astype(np.uint64)
+            frontier = child
+        if (depth < 0).any():
+            raise ValueError("py3langid model: unreachable DFA states")
+        self._max_len = int(depth.max())
+        self._keys, self._states = [], []
+        for length in range(1, self._max_len + 1):
+            ids = np.nonzero(depth == length)[0]
+            order = np.argsort(key[ids])
+            self._keys.append(key[ids][order])
+            self._states.append(ids[order])
+        self._out = np.asarray(self.tk_output, dtype=np.int64)
+        self._direct = []  # lengths 1 and 2: state id by the bytes' value, -1 where no node
+        for length, size in ((1, 256), (2, 65536)):
+            table = np.full(size, -1, dtype=np.int64)
+            table[self._keys[length - 1].astype(np.int64)] = self._states[length - 1]
+            self._direct.append(table)
+
+    def feature_counts(self, texts: list[bytes]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per UTF-8 text: (feature ids, counts), features in order of first occurrence (as `visit_counts`'s Counter
+        gives them); shapes (k,), (k,), k = 0 when no feature occurs. The texts are processed as one byte array
+        (suffixes never cross a text's start), so a batch costs a few numpy calls in all."""
+        lengths = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts))
+        data = np.frombuffer(b"".join(texts), dtype=np.uint8)
+        n = data.size
+        doc = np.repeat(np.arange(len(texts)), lengths)
+        offset = np.arange(n) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # position within its text
+        # node[L - 1, j]: the state whose string is the L bytes from j (-1: not a trie node, or crosses a text end).
+        # The trie is prefix-closed, so length L is looked up only where length L - 1 was a node.
+        node = np.full((self._max_len, n), -1, dtype=np.int64)
+        node[0] = self._direct[0][data]
+        if n > 1:
+            pair = (data[:-1].astype(np.int64) << 8) | data[1:]
+            node[1, :-1] = np.where(offset[1:] > 0, self._direct[1][pair], -1)
+        start = np.nonzero(node[1] >= 0)[0]
+        window = pair[start].astype(np.uint64) if n > 1 else np.zeros(0, dtype=np.uint64)
+        for length in range(3, self._max_len + 1):
+            start = start[start + length - 1 < n]
+            window = window[: start.size]
+            fits = offset[start + length - 1] >= length - 1  # same text
+            start, window = start[fits], window[fits]
+            window = (window << np.uint64(8)) | data[start + length - 1].astype(np.uint64)
+            keys = self._keys[length - 1]
+            pos = np.searchsorted(keys, window)
+            pos[pos == keys.size] = 0
+            hit = keys[pos] == window
+            start, window = start[hit], window[hit]
+            node[length - 1, start] = self._states[length - 1][pos[hit]]
+        # the state after byte e: the longest node ending at e (Aho-Corasick), else the root
+        state = np.zeros(n, dtype=np.int64)
+        found = np.zeros(n, dtype=bool)
+        for length in range(min(self._max_len, n), 0, -1):
+            end = np.arange(length - 1, n)
+            ids = node[length - 1, : n - length + 1]
+            take = (ids >= 0) & ~found[end]
+            state[end[take]] = ids[take]
+            found[end[take]] = True
+        features = self._out[state]
+        keep = features >= 0
+        key = doc[keep] * self._out.size + features[keep]
+        uniq, first, counts = np.unique(key, return_index=True, return_counts=True)
+        order = np.argsort(first, kind="stable")  # texts in order, features by first occurrence within each
+        uniq, counts = uniq[order], counts[order]
+        bounds = np.searchsorted(uniq // self._out.size, np.arange(len(texts) + 1))
+        ids = uniq % self._out.size
+        return [(ids[a:b], counts[a:b]) for a, b in pairwise(bounds)]
+
+    def _raw_score(self, text: bytes):
+        if self._pending and (scores := self._pending.pop(text, None)) is not None:
+            return scores
+        ids, counts = self.feature_counts([text])[0]
+        if ids.size:
+            return np.log1p(counts.astype(np.float32)) @ self.nb_ptc[ids] + self.nb_pc
+        return super()._raw_score(b"")  # py3langid's no-feature fill
+
+    def rank_batch(self, texts: list[str]) -> list[list[tuple[str, float]]]:
+        """`rank` of each text (py3langid labels and normalised probabilities, best first), features of the whole
+        batch extracted at once."""
+        encoded = [self._encode(t) for t in texts]
+        self._pending = {}
+        try:
+            for text, (ids, counts) in zip(encoded, self.feature_counts(encoded)):
+                if ids.size:
+                    self._pending[text] = np.log1p(counts.astype(np.float32)) @ self.nb_ptc[ids] + self.nb_pc
+            return [self.rank(t) for t in texts]
+        finally:
+            self._pending = None
+
+
+@lru_cache(maxsize=8)
+def _identifier(labels: tuple[str, ...] | None) -> VectorizedIdentifier:
+    ident = VectorizedIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    ident.set_languages(list(labels) if labels else None)
+    return ident
+
+
+def identifier(languages: Iterable[str] | None = None) -> VectorizedIdentifier:
+    """The normalised-probability identifier restricted to `languages` (ISO 639-3 codes of `LANGID_LABEL`; None: all
+    of py3langid's). Built once per process and language set (~1 s: model load and suffix tables)."""
+    labels = tuple(sorted({LANGID_LABEL[code] for code in languages})) if languages is not None else None
+    return _identifier(labels)
