@@ -105,8 +105,10 @@ def main() -> int:
 
     def hf_generate(hf):
         with torch.inference_mode():
-            return hf.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, use_cache=True,
-                               pad_token_id=0, return_dict_in_generate=True)  # fmt: skip
+            # explicit mask: generate's inferred one (`ids != pad_token_id`) would drop a BOS equal to the pad id
+            return hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                               do_sample=False, use_cache=True, pad_token_id=tok.pad_id,
+                               return_dict_in_generate=True)  # fmt: skip
 
     hf_runs = {impl: timed(lambda: hf_generate(hf), args.repeats) for impl, hf in hf_models.items()}
     best = min(hf_runs, key=lambda k: hf_runs[k][0])

@@ -36,8 +36,13 @@ def train_tokenizer(out: Path, vocab_size: int) -> Path:
     from vernacular.tokenizer import SPECIAL_TOKENS
     from vernacular.tokenizer.train import TokenizerConfig, save_tokenizer, skeleton
 
-    files = sorted((SHARED / "ntrex128").glob("*.txt"))[:12] or sorted((ROOT / "vernacular/data/demo").glob("*.txt"))
-    docs = [line for f in files for line in f.read_text(encoding="utf-8").splitlines()[:400]]
+    files = sorted((SHARED / "ntrex128").glob("*.txt"))[:12]
+    if files:
+        docs = [line for f in files for line in f.read_text(encoding="utf-8").splitlines()[:400]]
+    else:  # the NTREX text embedded in the package (train split)
+        from vernacular.data.demo_corpus import demo_languages, demo_lines
+
+        docs = [line for lang in demo_languages()[:12] for line in demo_lines(lang, "train")[:400]]
     tok = skeleton()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
@@ -122,10 +127,13 @@ def main() -> int:
     ids = torch.tensor([prompt])
     # like our ignore_eos: never stop, but do not mask the end tokens either (min_new_tokens would, changing the argmax)
     hf.generation_config.eos_token_id = None
+    # an explicit all-ones mask: without one, generate infers it as `ids != pad_token_id`, and a pad id equal to the
+    # BOS id (0) masked the BOS out of the prompt (the 0/128 agreement of the first version of this benchmark)
 
     def hf_generate():
         with torch.inference_mode():
-            seq = hf.generate(ids, max_new_tokens=n, do_sample=False, use_cache=True, pad_token_id=0)  # fmt: skip
+            seq = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                              use_cache=True, pad_token_id=tok.pad_id)  # fmt: skip
         return seq[0, len(prompt) :].tolist()
 
     rows["transformers generate (fp32)"] = timed(hf_generate, args.repeats)
