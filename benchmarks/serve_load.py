@@ -117,28 +117,30 @@ def start_server(run_dir: Path, port: int, max_batch: int, threads: int | None, 
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
 
 
-async def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300) -> None:
+async def wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 300,
+                       name: str = "vernacular serve") -> None:  # fmt: skip
     import httpx
 
     deadline = time.monotonic() + timeout_s
     async with httpx.AsyncClient() as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"vernacular serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+                raise RuntimeError(f"{name} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 if (await client.get(url + "/health", timeout=2)).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             await asyncio.sleep(0.2)
-    raise RuntimeError(f"vernacular serve did not become healthy within {timeout_s:.0f} s")
+    raise RuntimeError(f"{name} did not become healthy within {timeout_s:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 # ---------------------------------------------------------------- the clients
-async def one_request(client, url: str, prompt: str, max_tokens: int, seed: int) -> RequestResult:
+async def one_request(client, url: str, prompt: str, max_tokens: int, seed: int,
+                      temperature: float = 0.8) -> RequestResult:  # fmt: skip
     body = {"model": "bench", "messages": [{"role": "user", "content": prompt}], "stream": True,
-            "stream_options": {"include_usage": True}, "max_tokens": max_tokens, "temperature": 0.8, "seed": seed,
-            "ignore_eos": True}  # fmt: skip
+            "stream_options": {"include_usage": True}, "max_tokens": max_tokens, "temperature": temperature,
+            "seed": seed, "ignore_eos": True}  # fmt: skip
     t0 = time.perf_counter()
     last = None
     res = RequestResult(ok=False)
@@ -173,7 +175,7 @@ async def one_request(client, url: str, prompt: str, max_tokens: int, seed: int)
 
 
 async def run_level(url: str, clients: int, rounds: int, max_tokens: int, prompts: list[str], limit_s: float,
-                    seed: int) -> LevelResult:  # fmt: skip
+                    seed: int, temperature: float = 0.8) -> LevelResult:  # fmt: skip
     import httpx
 
     results: list[RequestResult] = []
@@ -183,7 +185,8 @@ async def run_level(url: str, clients: int, rounds: int, max_tokens: int, prompt
         for r in range(rounds):
             i = c * rounds + r
             try:
-                results.append(await one_request(client, url, prompts[i % len(prompts)], max_tokens, seed + i))
+                results.append(await one_request(client, url, prompts[i % len(prompts)], max_tokens, seed + i,
+                                                 temperature))  # fmt: skip
             except Exception as e:  # counted, not hidden: every error shows in the table
                 results.append(RequestResult(ok=False, error=f"{type(e).__name__}: {e}"))
 
@@ -287,14 +290,35 @@ async def soak(args, url: str, server_pid: int) -> dict:
     return {**stats, "wall_s": wall, "rss_start": rss[0], "rss_end": rss[-1], "rss_max": max(rss), "health": health}
 
 
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # fields from 3 (state) on
+
+
 def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process (this one by default): where the 2 cores went, server vs clients."""
+    """User + system CPU seconds of a process (this one by default) and of its live child processes (a server that
+    runs its engine in a child, as vLLM does): where the 2 cores went, server vs clients."""
     if pid is None:
         t = os.times()
         return t.user + t.system
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+        parents = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    parents.setdefault(int(_stat(int(d.name))[1]), []).append(int(d.name))  # ppid (field 4)
+                except (OSError, IndexError, ValueError):
+                    pass  # a process that ended meanwhile
+        total, todo = 0.0, [pid]
+        while todo:
+            p = todo.pop()
+            try:
+                fields = _stat(p)
+                total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (14, 15)
+            except (OSError, IndexError, ValueError):
+                if p == pid:
+                    raise
+            todo += parents.get(p, [])
+        return total
     except (OSError, IndexError, ValueError):
         return float("nan")
 
@@ -324,12 +348,13 @@ async def bench(args, url: str, server_pid: int) -> list[LevelResult]:
     langs = sorted(p.stem for p in NTREX.glob("*.txt"))
     prompts = [(NTREX / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[i] for i in range(4) for lang in langs]
     # warm-up: first-call costs (allocator, kernels) do not belong to the 1-stream baseline
-    await run_level(url, 2, 1, 8, prompts, args.level_timeout, args.seed)
+    temperature = getattr(args, "temperature", 0.8)
+    await run_level(url, 2, 1, 8, prompts, args.level_timeout, args.seed, temperature)
     out = []
     for n in args.levels:
         rounds = max(args.rounds, -(-args.min_requests // n))
         server0, client0 = cpu_seconds(server_pid), cpu_seconds()
-        r = await run_level(url, n, rounds, args.max_tokens, prompts, args.level_timeout, args.seed)
+        r = await run_level(url, n, rounds, args.max_tokens, prompts, args.level_timeout, args.seed, temperature)
         r.server_cpu_s, r.client_cpu_s = cpu_seconds(server_pid) - server0, cpu_seconds() - client0
         print(f"{n:>3} streams: {r.tok_s:8.1f} tok/s aggregate, TTFT p50 {pct(r.ttft, 50) * 1e3:6.0f} ms, "
               f"ITL p50 {pct(r.gaps, 50) * 1e3:6.1f} ms, errors {len(r.errors)}", flush=True)  # fmt: skip
