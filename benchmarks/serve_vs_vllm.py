@@ -19,9 +19,9 @@ server and engine core are two processes; its CPU figure is both together).
 
 Before the timed levels, three greedy chat requests (temperature 0, 32 tokens, `ignore_eos`; the first NTREX sentence in
 English, German, French) go to both servers: the texts must be equal (as benchmarks/engines_decode.py compares
-tokens); the prompt token counts show both apply the same chat template. Printed: each server's serve_load table, then per level aggregate completion tok/s of both and the
-ratio vLLM / ours, in wall clock and per server CPU second (the figure a shared machine's load moves least).
-"""
+tokens); the prompt token counts show both apply the same chat template. Printed: each server's serve_load table,
+then per level aggregate completion tok/s of both and the ratio vLLM / ours, in wall clock and per server CPU second
+(the figure a shared machine's load moves least)."""
 
 from __future__ import annotations
 
@@ -179,7 +179,8 @@ def main() -> int:
                                     args.startup_timeout)  # fmt: skip
 
     print("\nvernacular serve:\n" + sl.table(ours) + "\n\nvLLM:\n" + sl.table(vllm))
-    print("\n| streams | ours tok/s | vLLM tok/s | vLLM / ours | ours tok per CPU s | vLLM tok per CPU s | vLLM / ours |")
+    print("\n| streams | ours tok/s | vLLM tok/s | vLLM / ours | ours tok per CPU s | vLLM tok per CPU s "
+          "| vLLM / ours |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for a, b in zip(ours, vllm):
         print(f"| {a.clients} | {a.tok_s:.1f} | {b.tok_s:.1f} | {b.tok_s / a.tok_s:.2f}x | {a.tok_per_cpu_s:.0f} "
