@@ -21,8 +21,8 @@ Before the timed levels, three greedy chat requests (temperature 0, 32 tokens, `
 English, German, French) go to both servers: the texts must be equal (as benchmarks/engines_decode.py compares
 tokens; a last token that ends inside a UTF-8 character is U+FFFD in ours, dropped by vLLM); the prompt token counts
 show both apply the same chat template. Printed: each server's serve_load table, then per level aggregate completion
-tok/s of both and the ratio vLLM / ours, in wall clock and per server CPU second
-(the figure a shared machine's load moves least)."""
+tok/s of both and the ratio vLLM / ours, in wall clock and per server CPU second (the figure a shared machine's load
+moves least)."""
 
 from __future__ import annotations
 
