@@ -247,6 +247,7 @@ def make_executors(cfg: DataConfig, run_dir: str | RunDir, executor: str = "loca
                       logging_dir=str(_work(run) / "logs" / stage), depends=prev, **executor_kwargs)
         if executor == "local":
             kwargs["workers"] = max(1, min(cfg.workers, tasks))
+            kwargs["start_method"] = "fork"  # workers inherit the loaded modules (forkserver re-imports them per stage)
         elif executor == "slurm":
             kwargs.setdefault("job_name", f"vernacular-data-{stage}")
         prev = cls(**kwargs)
