@@ -253,7 +253,7 @@ def test_same_pipeline_builds_slurm_executors(tmp_path):
     cfg = DataConfig(sources=[str(src)], tasks=4)
     executors = make_executors(cfg, tmp_path / "run", "slurm", partition="cpu", time="01:00:00")
     assert all(isinstance(e, SlurmPipelineExecutor) for e in executors)
-    assert [e.world_size for e in executors] == [1, 4, 1, 4, 14, 1, 4]
+    assert [e.world_size for e in executors] == [4, 4, 1, 4, 14, 1, 4]
     assert executors[-1].depends is executors[-2]
     assert [type(s).__name__ for s in build_pipeline(cfg, tmp_path / "run", "final")] == [
         "RankJsonlReader", "MinhashDedupFilter", "PIIRedactor", "SplitAssigner", "JsonlWriter"]

@@ -142,9 +142,11 @@ def _optout_record(cfg) -> dict:
 
 
 def _decont_record(run: RunDir, cfg, contaminated: int) -> dict:
-    lines = run.data / "work" / "decont" / "lines.json"
+    eval_sets = {}  # one lines.<rank>.json per indexing task
+    for f in sorted((run.data / "work" / "decont").glob("lines.*.json")):
+        eval_sets.update(read_json(f))
     return {"method": "word n-gram overlap (datatrove NGramsDecontFilter; index built from local eval text files)",
-            "n_grams": cfg.decont_ngrams, "eval_sets": read_json(lines) if lines.is_file() else {},
+            "n_grams": cfg.decont_ngrams, "eval_sets": dict(sorted(eval_sets.items())),
             "documents_contaminated": contaminated}
 
 

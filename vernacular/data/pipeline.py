@@ -1,6 +1,6 @@
 """The data pipeline as datatrove stages, and the executors that run them.
 
-    decont_index   n-gram index of the evaluation texts (1 task; empty when there are none)
+    decont_index   n-gram index of the evaluation texts (each task indexes every N-th file; empty when there are none)
     filter         readers -> input counter -> normalize -> quarantine -> language id -> quality -> TDM opt-out
                    -> decontamination -> work/filtered/<rank>.jsonl.gz, exact-dedup signatures
     exact_find     datatrove ExactFindDedups (1 task)
@@ -224,7 +224,7 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
 
 
 def stage_tasks(cfg: DataConfig, stage: str) -> int:
-    single = {"decont_index": 1, "exact_find": 1, "minhash_cluster": 1, "minhash_buckets": cfg.minhash_buckets}
+    single = {"exact_find": 1, "minhash_cluster": 1, "minhash_buckets": cfg.minhash_buckets}
     return single.get(stage, cfg.tasks)
 
 
