@@ -115,6 +115,22 @@ def test_mtp_disabled_and_no_balance_loss_when_weight_zero():
         m(ids, labels=ids[:, :4])
 
 
+def test_mtp_skipped_on_request():
+    """`mtp=False` (a fine-tune with MTP weight 0): same main loss, no MTP loss, the MTP modules get no gradient
+    and route no token (their layers drop out of the expert-load figures instead of reporting NaN)."""
+    m = build_model(_cfg()).train()
+    ids = torch.randint(0, 320, (2, 16))
+    full = m(ids, labels=ids)
+    m.update_expert_bias()
+    out = m(ids, labels=ids, mtp=False)
+    assert out.mtp_loss is None and full.mtp_loss is not None
+    torch.testing.assert_close(out.main_loss, full.main_loss)
+    assert set(m.expert_load_stats()) == set(m.expert_load_shares()) == {"model.layers.1", "model.layers.2"}
+    out.loss.backward()
+    assert all(p.grad is None for p in m.mtp.parameters())
+    assert m.model.layers[0].self_attn.kv_a_proj_with_mqa.weight.grad is not None
+
+
 def test_update_expert_bias_and_load_stats():
     m = build_model(_cfg()).train()
     ids = torch.randint(0, 320, (4, 32))

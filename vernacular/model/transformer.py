@@ -136,6 +136,7 @@ class Transformer(nn.Module):
         start_pos: torch.Tensor | None = None,
         logits_at: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        mtp: bool = True,
     ) -> ModelOutput:
         """`logits_at` [B] (inference only): return logits [B, 1, V] at that position of each row instead of all T,
         e.g. each prompt's last token in a padded prefill; the lm_head over every prompt token is then skipped.
@@ -143,7 +144,10 @@ class Transformer(nn.Module):
 
         `position_ids` [B, T] (without a cache): packed documents, as transformers' DataCollatorWithFlattening
         writes them - positions restart at 0 where a document starts, and attention never crosses into another
-        document (`document_mask`), so each document's logits equal those of the document run alone."""
+        document (`document_mask`), so each document's logits equal those of the document run alone.
+
+        `mtp=False` (training with labels): skip the multi-token-prediction modules, `mtp_loss` is None - for a
+        fine-tune whose MTP loss weight is 0, they would cost a third of the step for nothing."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
@@ -200,7 +204,7 @@ class Transformer(nn.Module):
             raise ValueError(f"labels must match input_ids' shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
         main_loss = _cross_entropy(logits, labels)
         mtp_loss = None
-        if len(self.mtp) and T > 1:
+        if mtp and len(self.mtp) and T > 1:
             mtp_losses = []
             # the token after position t: its label, or where the label is ignored (a prompt token in fine-tuning),
             # the next input token
@@ -234,8 +238,9 @@ class Transformer(nn.Module):
             moe.update_bias(self.config.bias_update_speed)
 
     def expert_load_stats(self) -> dict[str, float]:
-        """max/mean expert load per MoE layer since the last `update_expert_bias` (keys are module paths)."""
-        return {name: moe.load_ratio() for name, moe in self.moe_layers()}
+        """max/mean expert load per MoE layer since the last `update_expert_bias` (keys are module paths); layers that
+        routed no token (the MTP block when it is skipped) are left out."""
+        return {name: moe.load_ratio() for name, moe in self.moe_layers() if float(moe.expert_counts.sum()) > 0}
 
     def expert_load_shares(self) -> dict[str, list[float]]:
         """Share of routed token slots per expert, per MoE layer, since the last `update_expert_bias` (for the report's
@@ -243,8 +248,8 @@ class Transformer(nn.Module):
         out = {}
         for name, moe in self.moe_layers():
             counts = moe.expert_counts
-            total = float(counts.sum())
-            out[name] = [round(float(c) / total, 6) if total > 0 else 0.0 for c in counts]
+            if (total := float(counts.sum())) > 0:
+                out[name] = [round(float(c) / total, 6) for c in counts]
         return out
 
     def num_parameters(self, active: bool = False) -> int:

@@ -352,6 +352,9 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
     def elapsed_now() -> float:
         return elapsed_before + time.perf_counter() - seg_start
 
+    def compute_mtp(weight: float) -> bool:  # DDP expects a gradient for every parameter: it always runs MTP
+        return weight > 0 or isinstance(model, torch.nn.parallel.DistributedDataParallel)
+
     if stage.eval_at_start and step == 0:
         val = run_eval()
         seg_start = time.perf_counter()  # the clock (and a --minutes budget) starts with training
@@ -373,7 +376,7 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
             inputs = _model_inputs(loader.next_batch(), info.device)
             with _grad_sync(model, micro == grad_accum - 1, info):
                 with torch.autocast(info.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    out = model(**inputs)
+                    out = model(**inputs, mtp=compute_mtp(w_mtp))
                 loss = out.main_loss
                 if out.mtp_loss is not None:
                     loss = loss + w_mtp * out.mtp_loss
