@@ -44,7 +44,7 @@ def test_24_languages_aligned_articles_and_split_contract():
 
 def test_size_licence_and_attribution_ship_with_the_files():
     total = sum(len(r["text"].encode()) for lang in demo_languages() for r in demo_records(lang, "train"))
-    assert total > 6_000_000  # bytes of training text: the 8-minute speedrun reads well under one pass
+    assert total > 6_000_000  # bytes of training text: the 7-minute speedrun reads well under one pass
     assert sum(p.stat().st_size for p in DEMO_DIR.glob("*.jsonl.gz")) < 3_500_000  # compressed in the wheel
     licence = (DEMO_DIR / "LICENSE").read_text(encoding="utf-8")
     assert licence.startswith("Attribution-ShareAlike 4.0 International")
