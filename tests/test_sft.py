@@ -281,3 +281,31 @@ def test_init_from_a_transformers_folder_starts_from_the_same_weights(pretrained
         assert Path(result["checkpoint"]) == run / "checkpoints" / "sft" / "step_000001"
     assert (tmp_path / "from-hf" / "tokenizer" / "tokenizer.json").exists()
     assert starts[1] == pytest.approx(starts[0], rel=1e-5)
+
+
+def test_wise_ft_serves_the_interpolated_weights_and_resumes_from_the_fine_tuned_ones(pretrained, tmp_path):
+    """`--wise-ft 0.5`: the checkpoint serving and export take holds (start + fine-tuned) / 2 for every weight, with
+    checksums; the fine-tuned step_* checkpoint stays and is the one a resume continues from."""
+    from safetensors.torch import load_file
+
+    from vernacular.cli import main
+    from vernacular.train.checkpoint import MODEL_FILE, find_resumable, latest_model_checkpoint, verify_checkpoint
+
+    run = _copy(pretrained, tmp_path, "wise")
+    start = load_file(latest_model_checkpoint(run) / MODEL_FILE)
+    assert main(["sft", "--run-dir", str(run), "--data", str(FIXTURES), "--steps", "2", "--batch-size", "2",
+                 "--seq-len", "256", "--lr", "3e-3", "--confusion-tokens", "0", "--wise-ft", "0.5"]) == 0
+    served = latest_model_checkpoint(run)
+    assert served == run / "checkpoints" / "sft" / "wise_ft-step_000002"
+    verify_checkpoint(served)
+    tuned = load_file(run / "checkpoints" / "sft" / "step_000002" / MODEL_FILE)
+    merged = load_file(served / MODEL_FILE)
+    moved = 0
+    for name, w in merged.items():
+        torch.testing.assert_close(w, (start[name] + tuned[name]) / 2, rtol=0, atol=1e-6)
+        moved += not torch.equal(start[name], tuned[name])
+    assert moved > 10
+    assert find_resumable(run / "checkpoints" / "sft").name == "step_000002"
+    result = json.loads((run / "metrics" / "sft_val.json").read_text())
+    assert result["wise_ft"] == 0.5 and result["checkpoint"] == str(served)
+    assert main(["sft", "--run-dir", str(run), "--wise-ft", "0", "--steps", "1"]) == 2

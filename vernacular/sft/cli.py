@@ -27,6 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--confusion-tokens", type=int, default=32,
                         help="answer length (tokens) of the language-confusion measurement after training; 0 skips it "
                         "(default: 32)")
+    parser.add_argument("--wise-ft", type=float, default=1.0, metavar="ALPHA",
+                        help="serve and export (1 - ALPHA) * start + ALPHA * fine-tuned weights (WiSE-FT, Wortsman et "
+                        "al. 2022): keeps more of the base model's language modelling; the fine-tuned checkpoint stays "
+                        "for --resume (default: 1, the fine-tuned weights)")
     add_loop_arguments(parser, batch_size=4, seq_len=512, lr=1e-3, warmup=5, eval_points=0,
                        length_help="; without --steps: --epochs passes over the conversations")
 
@@ -36,6 +40,9 @@ def main(args: argparse.Namespace) -> int:
 
     if not 0 <= args.val_fraction < 1:
         print("error: --val-fraction must be in [0, 1)", file=sys.stderr)
+        return 2
+    if not 0 < args.wise_ft <= 1:
+        print("error: --wise-ft must be in (0, 1]", file=sys.stderr)
         return 2
     try:
         cfg = config_from_args(args, default_steps=1)
@@ -55,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
         with measure_energy(RunDir(args.run_dir), "sft", enabled=rank == 0, world_size=world):
             result = finetune(args.run_dir, cfg, data=args.data, init_from=args.init_from,
                               val_fraction=args.val_fraction, epochs=args.epochs,
-                              confusion_tokens=args.confusion_tokens)
+                              confusion_tokens=args.confusion_tokens, wise_ft=args.wise_ft)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -64,6 +71,10 @@ def main(args: argparse.Namespace) -> int:
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"sft: step {result['step']}  tokens {result['tokens']:,}  train loss {result['train_loss']:.4f}  "
               f"checkpoint {result['checkpoint']}")
+        if "wise_ft" in result:
+            loss = result.get("val_loss_fine_tuned")
+            print(f"WiSE-FT {result['wise_ft']}: serving and export take {result['checkpoint']} (fine-tuned weights: "
+                  f"{result['checkpoint_fine_tuned']}" + (f", held-out loss {loss:.4f})" if loss is not None else ")"))
         if "val_loss" in result:
             start = result.get("val_loss_start")
             print(f"held-out assistant loss: {result['val_loss']:.4f} nats/token"

@@ -84,8 +84,11 @@ def evaluate_loss(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]
 
 def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | None = None,
              init_from: str | Path | None = None, val_fraction: float = 0.1, epochs: float | None = None,
-             confusion_tokens: int = 32) -> dict[str, Any]:
+             confusion_tokens: int = 32, wise_ft: float = 1.0) -> dict[str, Any]:
     """Fine-tune the run's model on chat conversations; returns the final metrics (also in metrics/sft_val.json).
+
+    `wise_ft` < 1: after training, the model that serving and export take is the weight-space interpolation
+    (1 - wise_ft) * start + wise_ft * fine-tuned (`wise_ft_checkpoint`); the fine-tuned checkpoint stays for resuming.
 
     `data`: JSONL files or folders (default: the embedded demo conversations). `epochs`: when `cfg` gives no steps,
     train this many passes over the packed training conversations (a `cfg.minutes` budget still stops it earlier). `confusion_tokens`: greedy
@@ -162,10 +165,21 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
                   record={"init_from": str(init_path), "data": [str(s) for s in sources],
                           "val_fraction": val_fraction, "conversations": {k: summary[k] for k in
                                                                          ("train", "val", "accepted", "records")}})
+    if not 0.0 < wise_ft <= 1.0:
+        raise ValueError(f"wise_ft must be in (0, 1], got {wise_ft}")
     result = fit(run, cfg, stage)
     rows = [r for r in _read_jsonl(stage.metrics) if "val_loss" in r]
     if rows and rows[0]["step"] == 0:
         result["val_loss_start"] = rows[0]["val_loss"]
+    if wise_ft < 1.0 and main_rank:
+        from vernacular.serve.loading import load_model_for_serving
+
+        fine_tuned = Path(result["checkpoint"])
+        merged = wise_ft_checkpoint(fine_tuned, init_weights(), wise_ft, init_path)
+        result.update(checkpoint=str(merged), checkpoint_fine_tuned=str(fine_tuned), wise_ft=wise_ft,
+                      val_loss_fine_tuned=result.get("val_loss"))
+        if held_out:
+            result["val_loss"] = evaluate_loss(load_model_for_serving(merged)[0], held_out)
     if confusion_tokens and ds.val and main_rank:
         from .confusion import language_confusion
 
@@ -175,6 +189,28 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
     if main_rank:
         write_json(stage.result, {**read_json(stage.result), **result})
     return result
+
+
+def wise_ft_checkpoint(fine_tuned: Path, start: dict[str, torch.Tensor], alpha: float, start_path: Path) -> Path:
+    """WiSE-FT (Wortsman et al., 2022, "Robust fine-tuning of zero-shot models"): every floating-point weight becomes
+    (1 - alpha) * start + alpha * fine-tuned, which keeps much of what fine-tuning on a small dataset makes the model
+    forget (here: the base model's language modelling) for part of what it learned. Written next to the fine-tuned
+    checkpoint as `wise_ft-<its name>/` (same layout and checksums, no optimizer state) and named by `latest`, so
+    serving and export take it; resuming continues from the fine-tuned `step_*` checkpoint. Older `wise_ft-*` folders
+    are removed. `start`: the state dict fine-tuning started from (same keys and shapes)."""
+    from safetensors.torch import load_file
+
+    tuned = load_file(fine_tuned / ckpt.MODEL_FILE)
+    if set(tuned) != set(start):
+        raise ValueError(f"{fine_tuned}: weights differ from the starting model's "
+                         f"({sorted(set(tuned) ^ set(start))[:5]})")
+    merged = {k: torch.lerp(start[k].to(v.dtype), v, alpha) if v.is_floating_point() else v for k, v in tuned.items()}
+    state = {k: v for k, v in read_json(fine_tuned / ckpt.STATE_FILE).items() if k not in ("files", "optimizer_scalars")}
+    state["wise_ft"] = {"alpha": alpha, "start": str(start_path), "fine_tuned": str(fine_tuned)}
+    root = fine_tuned.parent
+    for old in root.glob("wise_ft-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    return ckpt.save_checkpoint(root, int(state["step"]), merged, {}, state, name=f"wise_ft-{fine_tuned.name}")
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -111,12 +111,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # ---- save ----------------------------------------------------------------------------------------------------------
 
 def save_checkpoint(root: Path, step: int, model_state: dict[str, torch.Tensor], optim_state: dict[str, Any],
-                    state: dict[str, Any], keep_last: int | None = None) -> Path:
+                    state: dict[str, Any], keep_last: int | None = None, name: str | None = None) -> Path:
     """Write checkpoints/step_N atomically. `optim_state` is a full optimizer state dict keyed by parameter FQN
-    (torch.distributed.checkpoint.state_dict.get_optimizer_state_dict); its tensors go flat into safetensors."""
+    (torch.distributed.checkpoint.state_dict.get_optimizer_state_dict); its tensors go flat into safetensors.
+    `name`: another folder name than step_N (a model that training never resumes from: `find_resumable` and
+    `keep_last` only look at step_* folders), still named by `latest`."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / step_dir_name(step)
+    final = root / (name or step_dir_name(step))
     tmp = root / f"{final.name}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
