@@ -308,4 +308,8 @@ def test_wise_ft_serves_the_interpolated_weights_and_resumes_from_the_fine_tuned
     assert find_resumable(run / "checkpoints" / "sft").name == "step_000002"
     result = json.loads((run / "metrics" / "sft_val.json").read_text())
     assert result["wise_ft"] == 0.5 and result["checkpoint"] == str(served)
+    from vernacular.compliance.model_card import model_card
+    from vernacular.compliance.records import collect
+
+    assert "WiSE-FT 0.5: 0.5 x the starting model" in model_card(collect(run))  # the card says what the weights are
     assert main(["sft", "--run-dir", str(run), "--wise-ft", "0", "--steps", "1"]) == 2

@@ -54,7 +54,7 @@ def model_card(rec: RunRecords, provider: dict[str, dict[str, str]] | None = Non
         f"| languages | {', '.join(l['name'] for l in langs) or 'unknown'} |",
         f"| training tokens | {sum(rec.tokens.get('train', {}).values()):,} in the training shards |",
         f"| training compute | {flops['total']:.3g} FLOPs |",
-        f"| chat fine-tuned | {'yes' if rec.sft else 'no'} |", "",
+        f"| chat fine-tuned | {_sft_line(rec.sft)} |", "",
     ]
     if isinstance(agg, dict):
         body += ["## Evaluation", "", "| metric | value |", "|---|---|"]
@@ -109,3 +109,14 @@ def write_model_card(run, out) -> None:
         if src.exists():
             shutil.copyfile(src, docs / src.name)
     atomic_write_bytes(out / "README.md", model_card(collect(run.root), provider).encode())
+
+
+def _sft_line(sft: dict | None) -> str:
+    """The model card's fine-tuning cell: no, yes, or yes with the WiSE-FT interpolation the weights are."""
+    if not sft:
+        return "no"
+    wise = sft.get("wise_ft")
+    if not wise:
+        return "yes"
+    return (f"yes; the weights are WiSE-FT {wise['alpha']:g}: {1 - wise['alpha']:g} x the starting model + "
+            f"{wise['alpha']:g} x the fine-tuned one (`vernacular sft --wise-ft`)")
