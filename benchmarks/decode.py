@@ -35,9 +35,13 @@ def train_tokenizer(out: Path, vocab_size: int) -> Path:
     from vernacular.tokenizer import SPECIAL_TOKENS
     from vernacular.tokenizer.train import TokenizerConfig, save_tokenizer, skeleton
 
-    docs = []
-    for f in sorted((SHARED / "ntrex128").glob("*.txt"))[:12]:
-        docs += f.read_text(encoding="utf-8").splitlines()[:400]
+    files = sorted((SHARED / "ntrex128").glob("*.txt"))[:12]
+    if files:
+        docs = [line for f in files for line in f.read_text(encoding="utf-8").splitlines()[:400]]
+    else:  # the NTREX text embedded in the package (train split)
+        from vernacular.data.demo_corpus import demo_languages, demo_lines
+
+        docs = [line for lang in demo_languages()[:12] for line in demo_lines(lang, "train")[:400]]
     tok = skeleton()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip

@@ -16,51 +16,18 @@ Needs llama-cpp-python==0.3.36 (a source build; `.ci/run` builds it). Figures: B
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from decode import timed, train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "corpora"
 PROMPT = "The European Parliament adopted the new rules on Tuesday after a long debate."
-
-
-def train_tokenizer(out: Path, vocab_size: int) -> Path:
-    from tokenizers import pre_tokenizers, trainers
-
-    from vernacular.tokenizer import SPECIAL_TOKENS
-    from vernacular.tokenizer.train import TokenizerConfig, save_tokenizer, skeleton
-
-    files = sorted((SHARED / "ntrex128").glob("*.txt"))[:12]
-    if files:
-        docs = [line for f in files for line in f.read_text(encoding="utf-8").splitlines()[:400]]
-    else:  # the NTREX text embedded in the package (train split)
-        from vernacular.data.demo_corpus import demo_languages, demo_lines
-
-        docs = [line for lang in demo_languages()[:12] for line in demo_lines(lang, "train")[:400]]
-    tok = skeleton()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    tok.train_from_iterator(docs, trainer=trainer)
-    save_tokenizer(tok, out, TokenizerConfig(vocab_size=vocab_size))
-    return out
-
-
-def timed(fn, repeats: int):
-    """(median wall s, median process CPU s, last result) over `repeats` runs after one warm-up."""
-    fn()
-    walls, cpus, result = [], [], None
-    for _ in range(repeats):
-        c0, t0 = time.process_time(), time.perf_counter()
-        result = fn()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(time.process_time() - c0)
-    return statistics.median(walls), statistics.median(cpus), result
 
 
 def main() -> int:
