@@ -53,11 +53,10 @@ def train_tokenizer(out_dir: Path) -> Path:
     return out_dir
 
 
-def make_model(seed: int = 0, **overrides):
-    from vernacular.model import build_model
-
-    model = build_model({**MODEL, **overrides}, seed=seed)
-    g = torch.Generator().manual_seed(seed + 1)
+def randomize_norms_and_router_bias(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Norm weights away from 1 and a random router bias that changes routing, so a consumer that ignores either
+    (or the bias's sign) cannot agree by accident; returns the model in eval mode."""
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, t in model.state_dict().items():
             if name.endswith("e_score_correction_bias"):
@@ -65,6 +64,12 @@ def make_model(seed: int = 0, **overrides):
             elif "norm" in name:
                 t.copy_(1 + 0.2 * torch.randn(t.shape, generator=g))
     return model.eval()
+
+
+def make_model(seed: int = 0, **overrides):
+    from vernacular.model import build_model
+
+    return randomize_norms_and_router_bias(build_model({**MODEL, **overrides}, seed=seed), seed + 1)
 
 
 def make_run(root: Path, seed: int = 0, **overrides) -> Path:

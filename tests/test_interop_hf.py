@@ -24,6 +24,8 @@ from vernacular.interop.hf import (
 )
 from vernacular.model import ModelConfig, build_model
 
+from engines_helpers import randomize_norms_and_router_bias
+
 transformers = pytest.importorskip("transformers", reason="transformers is a dev dependency (pip install -e .[dev])")
 from transformers import DeepseekV3ForCausalLM  # noqa: E402
 
@@ -79,14 +81,7 @@ CASES = {
 def make_model(seed: int = 0, **overrides) -> torch.nn.Module:
     """A tiny model with every weight random: norms away from 1, a random router bias that changes routing."""
     model = build_model(ModelConfig.from_dict({**TINY, **overrides}), seed=seed)
-    g = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if name.endswith("e_score_correction_bias"):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.5)
-            elif "norm" in name:
-                t.copy_(1 + 0.2 * torch.randn(t.shape, generator=g))
-    return model.eval()
+    return randomize_norms_and_router_bias(model, seed + 1)
 
 
 def tokens(vocab: int, t: int = 40, b: int = 2, seed: int = 0) -> torch.Tensor:
