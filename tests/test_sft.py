@@ -313,3 +313,55 @@ def test_wise_ft_serves_the_interpolated_weights_and_resumes_from_the_fine_tuned
 
     assert "WiSE-FT 0.5: 0.5 x the starting model" in model_card(collect(run))  # the card says what the weights are
     assert main(["sft", "--run-dir", str(run), "--wise-ft", "0", "--steps", "1"]) == 2
+
+
+def _write_text(run: Path, lang: str, docs: list[list[str]]) -> None:
+    import gzip
+
+    folder = run / "data" / "text" / "train" / lang
+    folder.mkdir(parents=True, exist_ok=True)
+    with gzip.open(folder / "00000.jsonl.gz", "wt", encoding="utf-8") as f:
+        for n, lines in enumerate(docs):
+            f.write(json.dumps({"text": "\n".join(lines), "id": f"{lang}/{n}"}, ensure_ascii=False) + "\n")
+
+
+def test_replay_pairs_are_consecutive_lines_of_one_document_and_train_only(pretrained, tmp_path):
+    """`--replay N`: N continuation conversations per language from data/text/train (user: a line, assistant: the
+    next line of the same document), the same draw for the same seed, over-long pairs skipped; fine-tuning trains on
+    them without holding any out, and a run without cleaned text gets a clear error."""
+    from vernacular.cli import main
+    from vernacular.sft.data import replay_conversations
+    from vernacular.tokenizer import load
+    from vernacular.tokenizer.chat import encode_chat
+
+    tok = load(pretrained / "tokenizer")
+    run = _copy(pretrained, tmp_path, "replay")
+    shutil.rmtree(run / "data" / "text" / "train")
+    deu = [[f"Satz {d}.{i} über das Wetter in Berlin." for i in range(5)] for d in range(4)]
+    fra = [[f"Phrase {d}.{i} sur la météo à Paris." for i in range(5)] for d in range(4)]
+    fra[0][1] = "très long " * 300  # a pair with this line exceeds the context below
+    _write_text(run, "deu", deu)
+    _write_text(run, "fra", fra)
+    text_dir = run / "data" / "text" / "train"
+
+    convs = replay_conversations(text_dir, tok, per_language=6, max_tokens=257, seed=0)
+    assert [c.lang for c in convs].count("deu") == 6 and [c.lang for c in convs].count("fra") == 6
+    consecutive = {(a, b) for doc in deu + fra for a, b in zip(doc, doc[1:])}
+    for c in convs:
+        user, assistant = (m["content"] for m in c.messages)
+        assert [m["role"] for m in c.messages] == ["user", "assistant"] and (user, assistant) in consecutive
+        assert "très long" not in user + assistant and len(c.ids) <= 257
+        assert c.ids == encode_chat(tok, c.messages, add_generation_prompt=False).ids
+    again = replay_conversations(text_dir, tok, per_language=6, max_tokens=257, seed=0)
+    assert [c.messages for c in again] == [c.messages for c in convs]
+    other = replay_conversations(text_dir, tok, per_language=6, max_tokens=257, seed=1)
+    assert [c.messages for c in other] != [c.messages for c in convs]
+
+    assert main(["sft", "--run-dir", str(run), "--data", str(FIXTURES), "--replay", "5", "--steps", "1",
+                 "--confusion-tokens", "0", *SFT_ARGS]) == 0
+    data = json.loads((run / "sft" / "data.json").read_text())
+    assert data["replay"] == 10 and data["train"] == 30 + 10 and data["val"] == 6 and data["accepted"] == 36
+
+    shutil.rmtree(text_dir)
+    assert main(["sft", "--run-dir", str(run), "--data", str(FIXTURES), "--replay", "5", "--steps", "1",
+                 "--confusion-tokens", "0", *SFT_ARGS]) == 1

@@ -31,6 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="serve and export (1 - ALPHA) * start + ALPHA * fine-tuned weights (WiSE-FT, Wortsman et "
                         "al. 2022): keeps more of the base model's language modelling; the fine-tuned checkpoint stays "
                         "for --resume (default: 1, the fine-tuned weights)")
+    parser.add_argument("--replay", type=int, default=0, metavar="N",
+                        help="add N continuation conversations per language made from the run's cleaned training text "
+                        "(user: a line of a document, assistant: the next line): replay of pretraining text against "
+                        "forgetting, and more examples of answering in the user's language (default: 0)")
     add_loop_arguments(parser, batch_size=4, seq_len=512, lr=1e-3, warmup=5, eval_points=0,
                        length_help="; without --steps: --epochs passes over the conversations")
 
@@ -43,6 +47,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if not 0 < args.wise_ft <= 1:
         print("error: --wise-ft must be in (0, 1]", file=sys.stderr)
+        return 2
+    if args.replay < 0:
+        print("error: --replay must be >= 0", file=sys.stderr)
         return 2
     try:
         cfg = config_from_args(args, default_steps=1)
@@ -62,7 +69,8 @@ def main(args: argparse.Namespace) -> int:
         with measure_energy(RunDir(args.run_dir), "sft", enabled=rank == 0, world_size=world):
             result = finetune(args.run_dir, cfg, data=args.data, init_from=args.init_from,
                               val_fraction=args.val_fraction, epochs=args.epochs,
-                              confusion_tokens=args.confusion_tokens, wise_ft=args.wise_ft)
+                              confusion_tokens=args.confusion_tokens, wise_ft=args.wise_ft,
+                              replay=args.replay)
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

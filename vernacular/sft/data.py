@@ -71,8 +71,9 @@ class Dataset:
 
     def summary(self) -> dict[str, Any]:
         langs = Counter(c.lang or "unknown" for c in self.train + self.val)
-        return {"files": self.files, "records": self.records, "accepted": len(self.train) + len(self.val),
-                "train": len(self.train), "val": len(self.val),
+        replay = sum(c.source.startswith("replay:") for c in self.train)  # made by `replay_conversations`
+        return {"files": self.files, "records": self.records, "accepted": len(self.train) + len(self.val) - replay,
+                "train": len(self.train), "val": len(self.val), "replay": replay,
                 "train_tokens": sum(len(c.ids) for c in self.train),
                 "train_assistant_tokens": sum(sum(c.assistant_mask) for c in self.train),
                 "rejected": {r: self.rejected.get(r, 0) for r in REJECT_REASONS},
@@ -187,6 +188,54 @@ def load_conversations(paths: Iterable[Path], tokenizer, max_tokens: int, reject
         val += convs[:n_val]
         train += convs[n_val:]
     return Dataset(train, val, rejected, records, [str(p) for p in paths])
+
+
+def replay_conversations(text_dir: str | Path, tokenizer, per_language: int, max_tokens: int,
+                         seed: int = 0) -> list[Conversation]:
+    """Continuation conversations from the run's cleaned pretraining text: per language, `per_language` pairs of
+    consecutive lines of one document (user: a line, assistant: the next line), drawn with `seed`.
+
+    `text_dir`: the data stage's `data/text/train` (`<lang>/*.jsonl.gz`, one {"text": ...} document per line; lines
+    of a document are sentences or paragraphs). Pairs are sampled from the first max(20 x `per_language`, 10,000)
+    candidate pairs of each language (files in name order), so a web-scale text folder is not read whole. Pairs whose chat
+    rendering exceeds `max_tokens` are skipped. They are for training only (never held out, never in the
+    language-confusion measurement). Why: mixing pretraining text into fine-tuning ("replay", as InstructGPT's
+    PPO-ptx mixes pretraining gradients) keeps the base model's language modelling, and each pair is one more
+    example, in its own language, of an assistant turn that continues in the language of the user's turn.
+    Raises FileNotFoundError when `text_dir` has no language folders."""
+    import gzip
+
+    text_dir = Path(text_dir)
+    langs = sorted(d for d in text_dir.iterdir() if d.is_dir()) if text_dir.is_dir() else []
+    if not langs:
+        raise FileNotFoundError(f"no cleaned training text in {text_dir} (run `vernacular data` first, or drop "
+                                f"--replay)")
+    out: list[Conversation] = []
+    cap = max(20 * per_language, 10_000)
+    for d in langs:
+        candidates: list[tuple[str, str, str]] = []
+        for f in sorted(d.glob("*.jsonl.gz")):
+            with gzip.open(f, "rt", encoding="utf-8") as fh:
+                for lineno, line in enumerate(fh, start=1):
+                    lines = [x.strip() for x in json.loads(line)["text"].split("\n") if x.strip()]
+                    candidates += [(a, b, f"{f}:{lineno}") for a, b in zip(lines, lines[1:])]
+                    if len(candidates) >= cap:
+                        break
+            if len(candidates) >= cap:
+                break
+        rng = np.random.default_rng([seed, *d.name.encode()])
+        lang = to_iso639_3(d.name) or d.name
+        taken = 0
+        for i in rng.permutation(len(candidates)):
+            if taken == per_language:
+                break
+            user, assistant, source = candidates[i]
+            messages = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+            enc = encode_chat(tokenizer, messages, add_generation_prompt=False)
+            if len(enc.ids) <= max_tokens:
+                out.append(Conversation(messages, f"replay:{source}", lang, enc.ids, enc.assistant_mask))
+                taken += 1
+    return out
 
 
 def conversation_tensors(c: Conversation) -> tuple[list[int], list[int], list[int]]:

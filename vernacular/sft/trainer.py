@@ -31,7 +31,7 @@ from vernacular.train import checkpoint as ckpt
 from vernacular.train.trainer import Stage, TrainConfig, fit
 
 from .data import IGNORE_INDEX, Dataset, PackedLoader, default_sources, expand_sources, load_conversations, pack, \
-    val_batches
+    replay_conversations, val_batches
 
 
 def _init_source(run: RunDir, init_from: str | Path | None) -> Path:
@@ -84,11 +84,14 @@ def evaluate_loss(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]
 
 def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | None = None,
              init_from: str | Path | None = None, val_fraction: float = 0.1, epochs: float | None = None,
-             confusion_tokens: int = 32, wise_ft: float = 1.0) -> dict[str, Any]:
+             confusion_tokens: int = 32, wise_ft: float = 1.0, replay: int = 0) -> dict[str, Any]:
     """Fine-tune the run's model on chat conversations; returns the final metrics (also in metrics/sft_val.json).
 
     `wise_ft` < 1: after training, the model that serving and export take is the weight-space interpolation
     (1 - wise_ft) * start + wise_ft * fine-tuned (`wise_ft_checkpoint`); the fine-tuned checkpoint stays for resuming.
+
+    `replay` > 0: add that many continuation conversations per language from the run's cleaned training text to the
+    training conversations (`replay_conversations`); they are never held out.
 
     `data`: JSONL files or folders (default: the embedded demo conversations). `epochs`: when `cfg` gives no steps,
     train this many passes over the packed training conversations (a `cfg.minutes` budget still stops it earlier). `confusion_tokens`: greedy
@@ -104,6 +107,8 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
     main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun every rank reads the data, one writes
     ds = load_conversations(sources, tok, max_tokens=cfg.seq_len + 1, val_fraction=val_fraction,
                             rejects_path=run.sft / "rejects.jsonl" if main_rank else None)
+    if replay:
+        ds.train += replay_conversations(run.text / "train", tok, replay, cfg.seq_len + 1, seed=cfg.seed)
     summary = ds.summary()
     if main_rank:
         write_json(run.sft / "data.json", summary)
@@ -164,7 +169,8 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
                   evaluate=evaluate, init_weights=init_weights, eval_at_start=True,
                   record={"init_from": str(init_path), "data": [str(s) for s in sources],
                           "val_fraction": val_fraction, "conversations": {k: summary[k] for k in
-                                                                         ("train", "val", "accepted", "records")}})
+                                                                         ("train", "val", "accepted", "records",
+                                                                          "replay")}})
     if not 0.0 < wise_ft <= 1.0:
         raise ValueError(f"wise_ft must be in (0, 1], got {wise_ft}")
     result = fit(run, cfg, stage)
@@ -222,7 +228,9 @@ def _print_data(ds: Dataset, run: RunDir) -> None:
     rejected = sum(s["rejected"].values())
     print(f"sft data: {s['records']} records in {len(s['files'])} files: {s['train']} train + {s['val']} held-out "
           f"conversations ({len(s['languages'])} languages), {s['train_tokens']:,} train tokens "
-          f"({s['train_assistant_tokens']:,} assistant)", file=sys.stderr, flush=True)
+          f"({s['train_assistant_tokens']:,} assistant)"
+          + (f"; {s['replay']} of the train conversations are replay pairs from data/text/train" if s["replay"] else ""),
+          file=sys.stderr, flush=True)
     if rejected:
         reasons = ", ".join(f"{r} {n}" for r, n in s["rejected"].items() if n)
         print(f"sft data: {rejected} records rejected ({reasons}); see {run.sft / 'rejects.jsonl'}", file=sys.stderr,
