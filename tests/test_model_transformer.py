@@ -119,16 +119,37 @@ def test_mtp_skipped_on_request():
     """`mtp=False` (a fine-tune with MTP weight 0): same main loss, no MTP loss, the MTP modules get no gradient
     and route no token (their layers drop out of the expert-load figures instead of reporting NaN)."""
     m = build_model(_cfg()).train()
-    ids = torch.randint(0, 320, (2, 16))
-    full = m(ids, labels=ids)
-    m.update_expert_bias()
-    out = m(ids, labels=ids, mtp=False)
+    ids = torch.randint(0, 320, (2, 16), generator=torch.Generator().manual_seed(0))
+    out = m(ids, labels=ids, mtp=False)  # a fresh model: no token routed yet
+    assert set(m.expert_load_stats()) == set(m.expert_load_shares()) == {"model.layers.1", "model.layers.2"}
+    full = m(ids, labels=ids)  # same routing bias (no update in between), so the same main loss
     assert out.mtp_loss is None and full.mtp_loss is not None
     torch.testing.assert_close(out.main_loss, full.main_loss)
-    assert set(m.expert_load_stats()) == set(m.expert_load_shares()) == {"model.layers.1", "model.layers.2"}
     out.loss.backward()
     assert all(p.grad is None for p in m.mtp.parameters())
     assert m.model.layers[0].self_attn.kv_a_proj_with_mqa.weight.grad is not None
+
+
+def test_supervised_logits_only_gives_the_same_losses_and_gradients():
+    """`supervised_logits_only=True` (SFT: the LM head only where labels are set): main, MTP and total loss and every
+    gradient equal the full-logits path; logits are not returned."""
+    ids = torch.randint(0, 320, (2, 24), generator=torch.Generator().manual_seed(0))
+    labels = ids.clone()
+    labels[0, :10] = -100  # a prompt
+    labels[1, 15:] = -100  # padding
+    grads, outs = [], []
+    for only in (False, True):
+        m = build_model(_cfg(), seed=1).train()
+        out = m(ids, labels=labels, supervised_logits_only=only)
+        out.loss.backward()
+        outs.append(out)
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+    assert outs[1].logits is None and outs[0].logits.shape == (2, 24, 320)
+    for name in ("loss", "main_loss", "mtp_loss"):
+        torch.testing.assert_close(getattr(outs[1], name), getattr(outs[0], name))
+    assert grads[0].keys() == grads[1].keys()
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-5, atol=1e-6)
 
 
 def test_update_expert_bias_and_load_stats():

@@ -30,7 +30,7 @@ IGNORE_INDEX = -100
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor  # [B, T, V]
+    logits: torch.Tensor | None  # [B, T, V]; None when the forward ran with supervised_logits_only
     loss: torch.Tensor | None = None  # main + mtp_loss_weight * mtp + seq_aux_loss_weight * balance
     main_loss: torch.Tensor | None = None
     mtp_loss: torch.Tensor | None = None
@@ -137,6 +137,7 @@ class Transformer(nn.Module):
         logits_at: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         mtp: bool = True,
+        supervised_logits_only: bool = False,
     ) -> ModelOutput:
         """`logits_at` [B] (inference only): return logits [B, 1, V] at that position of each row instead of all T,
         e.g. each prompt's last token in a padded prefill; the lm_head over every prompt token is then skipped.
@@ -147,7 +148,11 @@ class Transformer(nn.Module):
         document (`document_mask`), so each document's logits equal those of the document run alone.
 
         `mtp=False` (training with labels): skip the multi-token-prediction modules, `mtp_loss` is None - for a
-        fine-tune whose MTP loss weight is 0, they would cost a third of the step for nothing."""
+        fine-tune whose MTP loss weight is 0, they would cost a third of the step for nothing.
+
+        `supervised_logits_only=True` (training with labels): the LM head runs only at positions whose label is not
+        IGNORE_INDEX (a fine-tune supervises the assistant's tokens only; the head and its softmax over the prompt
+        and padding positions would be wasted); `logits` is then None and `main_loss` the same mean."""
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
         B, T = input_ids.shape
@@ -196,13 +201,18 @@ class Transformer(nn.Module):
             index = logits_at.view(B, -1)
             x = x.gather(1, index[..., None].expand(*index.shape, x.shape[-1]))  # the norm is per position
         h = self.model.norm(x)
-        logits = self.lm_head(h)
         if labels is None:
-            return ModelOutput(logits=logits)
+            return ModelOutput(logits=self.lm_head(h))
 
         if labels.shape != input_ids.shape:
             raise ValueError(f"labels must match input_ids' shape {tuple(input_ids.shape)}, got {tuple(labels.shape)}")
-        main_loss = _cross_entropy(logits, labels)
+        if supervised_logits_only:
+            keep = labels != IGNORE_INDEX
+            logits = None
+            main_loss = _cross_entropy(self.lm_head(h[keep]), labels[keep])
+        else:
+            logits = self.lm_head(h)
+            main_loss = _cross_entropy(logits, labels)
         mtp_loss = None
         if mtp and len(self.mtp) and T > 1:
             mtp_losses = []

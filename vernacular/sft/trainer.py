@@ -166,7 +166,7 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
 
     stage = Stage(name="sft", checkpoints=run.sft_checkpoints, metrics=run.metrics / "sft.jsonl",
                   result=run.metrics / "sft_val.json", model_config=model_config, make_loader=make_loader,
-                  evaluate=evaluate, init_weights=init_weights, eval_at_start=True,
+                  evaluate=evaluate, init_weights=init_weights, eval_at_start=True, supervised_logits_only=True,
                   record={"init_from": str(init_path), "data": [str(s) for s in sources],
                           "val_fraction": val_fraction, "conversations": {k: summary[k] for k in
                                                                          ("train", "val", "accepted", "records",

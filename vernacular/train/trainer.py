@@ -187,6 +187,7 @@ class Stage:
     record: dict[str, Any] = field(default_factory=dict)  # extra entries of the stage's run.toml table
     eval_at_start: bool = False  # also evaluate (and log at step 0) before the first step of a fresh run
     val_metrics: Path | None = None  # JSONL of the validation passes (default: into `metrics` with the steps)
+    supervised_logits_only: bool = False  # the LM head only where labels are set (`Transformer.forward`)
 
 
 def train(run_dir: str | Path, cfg: TrainConfig) -> dict[str, Any]:
@@ -376,7 +377,7 @@ def fit(run: RunDir, cfg: TrainConfig, stage: Stage) -> dict[str, Any]:
             inputs = _model_inputs(loader.next_batch(), info.device)
             with _grad_sync(model, micro == grad_accum - 1, info):
                 with torch.autocast(info.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                    out = model(**inputs, mtp=compute_mtp(w_mtp))
+                    out = model(**inputs, mtp=compute_mtp(w_mtp), supervised_logits_only=stage.supervised_logits_only)
                 loss = out.main_loss
                 if out.mtp_loss is not None:
                     loss = loss + w_mtp * out.mtp_loss
