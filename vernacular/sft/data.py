@@ -197,8 +197,8 @@ def replay_conversations(text_dir: str | Path, tokenizer, per_language: int, max
 
     `text_dir`: the data stage's `data/text/train` (`<lang>/*.jsonl.gz`, one {"text": ...} document per line; lines
     of a document are sentences or paragraphs). Pairs are sampled from the first max(20 x `per_language`, 10,000)
-    candidate pairs of each language (files in name order), so a web-scale text folder is not read whole. Pairs whose chat
-    rendering exceeds `max_tokens` are skipped. They are for training only (never held out, never in the
+    candidate pairs of each language (files in name order), so a web-scale text folder is not read whole. Pairs whose
+    chat rendering exceeds `max_tokens` are skipped. They are for training only (never held out, never in the
     language-confusion measurement). Why: mixing pretraining text into fine-tuning ("replay", as InstructGPT's
     PPO-ptx mixes pretraining gradients) keeps the base model's language modelling, and each pair is one more
     example, in its own language, of an assistant turn that continues in the language of the user's turn.
