@@ -229,7 +229,7 @@ def _print_data(ds: Dataset, run: RunDir) -> None:
     print(f"sft data: {s['records']} records in {len(s['files'])} files: {s['train']} train + {s['val']} held-out "
           f"conversations ({len(s['languages'])} languages), {s['train_tokens']:,} train tokens "
           f"({s['train_assistant_tokens']:,} assistant)"
-          + (f"; {s['replay']} of the train conversations are replay pairs from data/text/train" if s["replay"] else ""),
+          + (f"; {s['replay']} of them replay pairs from data/text/train" if s["replay"] else ""),
           file=sys.stderr, flush=True)
     if rejected:
         reasons = ", ".join(f"{r} {n}" for r, n in s["rejected"].items() if n)
