@@ -198,6 +198,8 @@ def test_sft_cli_lowers_held_out_loss_then_serves_a_chat_that_stops(pretrained, 
     confusion = result["language_confusion"]
     assert confusion["answers"] == 6 and set(confusion["per_language"]) == {"deu", "eng", "fra"}
     assert 0.0 <= confusion["line_level_pass_rate"] <= 1.0
+    details = json.loads((run / "metrics" / "language_confusion.json").read_text())["details"]
+    assert confusion["stop_rate"] == sum(d["finish_reason"] == "stop" for d in details) / 6
     records = [json.loads(line) for line in (run / "metrics" / "sft.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_loss" in r] == [0, 60]
     assert [r["step"] for r in records if "loss" in r] == list(range(1, 61))

@@ -199,7 +199,10 @@ def _sft_section(run) -> list[str]:
         lines += [f"Language confusion (line-level pass rate: the share of answers whose every line is in the "
                   f"question's language, py3langid over the 24 EU languages; greedy answers of "
                   f"{confusion.get('max_tokens')} tokens to {confusion.get('answers')} held-out questions): "
-                  f"**{100 * rate:.1f}%**.", "", "| language | pass rate |", "|---|---:|"]
+                  f"**{100 * rate:.1f}%**."
+                  + (f" {100 * confusion['stop_rate']:.0f}% of these answers ended on the end-of-turn token "
+                     f"`<|end|>` (finish_reason `stop`)." if confusion.get("stop_rate") is not None else ""),
+                  "", "| language | pass rate |", "|---|---:|"]
         lines += [f"| {lang} | {100 * r:.0f}% |" for lang, r in sorted(confusion.get("per_language", {}).items())]
         lines += ["", "Every question and answer: `metrics/language_confusion.json`.", ""]
         print(f"\nlanguage confusion (line-level pass rate): {100 * rate:.1f}% over {confusion.get('answers')} "

@@ -90,5 +90,6 @@ def main(args: argparse.Namespace) -> int:
         confusion = result.get("language_confusion")
         if confusion and confusion["line_level_pass_rate"] is not None:
             print(f"language confusion: line-level pass rate {100 * confusion['line_level_pass_rate']:.1f}% "
-                  f"over {confusion['answers']} held-out questions")
+                  f"over {confusion['answers']} held-out questions; {100 * confusion['stop_rate']:.0f}% of the "
+                  f"answers ended on <|end|> within {confusion['max_tokens']} tokens")
     return 0

@@ -49,7 +49,8 @@ def language_confusion(checkpoint: str | Path, tokenizer_dir: str | Path, conver
     """Line-level pass rate of greedy answers to the conversations' opening questions.
 
     `conversations`: `vernacular.sft.data.Conversation`s (messages + lang). Returns {"line_level_pass_rate",
-    "answers", "max_tokens", "per_language": {lang: pass rate}}; with `out`, also writes every question, answer and
+    "answers", "max_tokens", "stop_rate" (the share of answers that ended on the end-of-turn token within
+    `max_tokens`: a chat model should finish its short answers), "per_language": {lang: pass rate}}; with `out`, also writes every question, answer and
     verdict there (JSON)."""
     from vernacular.run import write_json
     from vernacular.serve.engine import Engine
@@ -92,8 +93,9 @@ def language_confusion(checkpoint: str | Path, tokenizer_dir: str | Path, conver
                         "answer": text, "detected": detect_language(text), "pass": ok,
                         "finish_reason": answers[n].finish_reason})
     passed = [ok for oks in per_lang.values() for ok in oks]
+    stopped = sum(d["finish_reason"] == "stop" for d in details)
     result = {"line_level_pass_rate": sum(passed) / len(passed) if passed else None, "answers": len(passed),
-              "max_tokens": max_tokens,
+              "max_tokens": max_tokens, "stop_rate": stopped / len(details) if details else None,
               "per_language": {lang: sum(oks) / len(oks) for lang, oks in sorted(per_lang.items())}}
     if out is not None:
         write_json(Path(out), {**result, "details": details})
