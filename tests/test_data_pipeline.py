@@ -232,7 +232,7 @@ def test_cli_end_to_end_prints_summary(tmp_path):
     assert rd.read_config()["data"]["sources"] == [str(src)]
     manifest = read_json(rd.manifest)
     assert manifest["sources"]["corpus"]["declared_licence"] == "unknown"
-    assert set(manifest["stage_seconds"]) == {"decont_index", "filter", "exact_find", "exact_filter",
+    assert set(manifest["stage_seconds"]) == {"decont_index", "filter", "exact_find", "minhash_sigs",
                                               "minhash_buckets", "minhash_cluster", "final"}
     assert {lang for lang, _ in iter_texts(rd)} == {"ell", "fin"}
 
@@ -256,4 +256,4 @@ def test_same_pipeline_builds_slurm_executors(tmp_path):
     assert [e.world_size for e in executors] == [4, 4, 1, 4, 14, 1, 4]
     assert executors[-1].depends is executors[-2]
     assert [type(s).__name__ for s in build_pipeline(cfg, tmp_path / "run", "final")] == [
-        "RankJsonlReader", "MinhashDedupFilter", "PIIRedactor", "SplitAssigner", "JsonlWriter"]
+        "RankJsonlReader", "ExactDedupFilter", "MinhashDedupFilter", "PIIRedactor", "SplitAssigner", "JsonlWriter"]

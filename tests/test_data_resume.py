@@ -70,7 +70,7 @@ def test_resume_after_a_killed_worker_equals_an_uninterrupted_run(tmp_path):
     rc, err = vernacular_data(tmp_path, "--run-dir", str(tmp_path / "crashed"), *args, "--resume")
     assert rc == 0, err
     skipped = read_json(tmp_path / "crashed" / "data" / "manifest.json")["resumed"]["completed_tasks_skipped"]
-    assert skipped == {"decont_index": 2, "filter": 2, "exact_find": 1, "exact_filter": 2, "minhash_buckets": 14,
+    assert skipped == {"decont_index": 2, "filter": 2, "exact_find": 1, "minhash_sigs": 2, "minhash_buckets": 14,
                        "minhash_cluster": 1, "final": 1}
 
     rc, err = vernacular_data(tmp_path, "--run-dir", str(tmp_path / "fresh"), *args)

@@ -147,3 +147,34 @@ def test_simplify_text_and_shingles_match_datatrove():
         grams = [" ".join(g) for g in ngrams(datatrove_simplify(t).split(), 5)]
         assert word_ngrams(t, 5) == grams
         assert sig.get_shingles(t).ravel().tolist() == [xxhash.xxh64_intdigest(g.encode()) for g in grams]
+
+
+def test_batched_minhash_bucket_files_equal_datatrove_signatures(tmp_path):
+    """MinhashSignatures (filter stage, batched) + MinhashBucketFiles (exact duplicates dropped, indices renumbered)
+    write byte for byte the bucket files datatrove's MinhashDedupSignature writes for the deduplicated documents."""
+    import numpy as np
+    from datatrove.data import Document
+
+    from vernacular.data.pipeline import DataConfig, _minhash_config
+    from vernacular.data.steps import MinhashBucketFiles, MinhashSignature, MinhashSignatures, word_ngrams
+
+    from corpus_fixtures import demo_lines
+
+    config = _minhash_config(DataConfig())
+    texts = [line for lang in ("deu", "ell", "fin") for line in demo_lines(lang, "val")[:40]]
+    texts += ["zu kurz", "", texts[3], texts[50], "Ein Satz mit genau fünf Wörtern."]  # no shingles; duplicates
+    docs = [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
+    dups = np.array([5, 41, 121, 122], dtype="<u4")  # as ExactFindDedups marks them for rank 0
+    (tmp_path / "dups" / "00000").mkdir(parents=True)
+    dups.tofile(tmp_path / "dups" / "00000" / "00000.c4_dup")
+
+    step = MinhashSignatures(str(tmp_path / "all"), config=config, max_shingles=50)  # several batches
+    assert [d.id for d in step.run(iter(docs), rank=0)] == [d.id for d in docs]
+    list(MinhashBucketFiles(str(tmp_path / "all"), str(tmp_path / "dups"), str(tmp_path / "ours"), config).run(rank=0))
+    kept = [d for i, d in enumerate(docs) if i not in set(dups.tolist())]
+    list(MinhashSignature(str(tmp_path / "theirs"), config=config).run(iter(kept), rank=0) or [])
+    for bucket in range(config.num_buckets):
+        name = f"bucket_{bucket:03d}/00000.minhash.sig"
+        theirs = (tmp_path / "theirs" / name).read_bytes()
+        assert len(theirs) == sum(len(word_ngrams(d.text, 5)) > 0 for d in kept) * (8 * config.hashes_per_bucket + 4)
+        assert (tmp_path / "ours" / name).read_bytes() == theirs, name

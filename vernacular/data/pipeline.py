@@ -2,11 +2,13 @@
 
     decont_index   n-gram index of the evaluation texts (each task indexes every N-th file; empty when there are none)
     filter         readers -> input counter -> normalize -> quarantine -> language id -> quality -> TDM opt-out
-                   -> decontamination -> work/filtered/<rank>.jsonl.gz, exact-dedup signatures
+                   -> decontamination -> work/filtered/<rank>.jsonl, MinHash signatures (batched), exact-dedup
+                   signatures
     exact_find     datatrove ExactFindDedups (1 task)
-    exact_filter   ExactDedupFilter -> work/deduped/<rank>.jsonl.gz, MinHash signatures
+    minhash_sigs   the MinHash signatures without the exact duplicates, as datatrove's stage-1 bucket files
     minhash_buckets, minhash_cluster   datatrove MinhashDedupBuckets / MinhashDedupCluster
-    final          MinhashDedupFilter -> PII redaction -> train/val split -> text/<split>/<lang>/<rank>.jsonl.gz
+    final          ExactDedupFilter -> MinhashDedupFilter -> PII redaction -> train/val split
+                   -> text/<split>/<lang>/<rank>.jsonl.gz
 
 Dedup needs a global view, so the pipeline is a chain of stages (datatrove's usual dedup recipe). `build_pipeline`
 returns one stage's steps; `make_executors` chains all stages with `depends=` for the Local, Slurm or Ray executor.
@@ -25,7 +27,7 @@ from vernacular.run import RunDir, read_json, write_json
 # evaluation texts shipped by the eval stage (one text per line); decontaminated against by default
 EVAL_DATA_DIR = Path(__file__).resolve().parents[1] / "eval" / "data"
 
-STAGES: tuple[str, ...] = ("decont_index", "filter", "exact_find", "exact_filter", "minhash_buckets",
+STAGES: tuple[str, ...] = ("decont_index", "filter", "exact_find", "minhash_sigs", "minhash_buckets",
                            "minhash_cluster", "final")
 
 
@@ -119,7 +121,7 @@ def _minhash_config(cfg: DataConfig):
     from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.utils.hashing import HashConfig
 
-    # 64-bit xxHash shingles (datatrove's default hash), computed by steps.MinhashSignature on UTF-8 bytes
+    # 64-bit xxHash shingles (datatrove's default hash), computed by steps.MinhashSignatures on UTF-8 bytes
     return MinhashConfig(n_grams=cfg.minhash_ngrams, num_buckets=cfg.minhash_buckets,
                          hashes_per_bucket=cfg.minhash_hashes_per_bucket, seed=cfg.seed + 1,
                          hash_config=HashConfig(precision=64, hash_fc="xxhash"))
@@ -156,7 +158,8 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
         EvalNGramIndexer,
         InputCounter,
         LanguageFilter,
-        MinhashSignature,
+        MinhashBucketFiles,
+        MinhashSignatures,
         Normalize,
         OptOutFilter,
         PIIRedactor,
@@ -192,19 +195,14 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
             *decont,
             JsonlWriter(str(work / "filtered"), output_filename="${rank}.jsonl", compression=None,
                         adapter=document_dict),
+            MinhashSignatures(str(work / "minhash" / "all"), config=_minhash_config(cfg)),
             ExactDedupSignature(str(work / "exact" / "sigs"), config=_exact_config()),
         ]
     if stage == "exact_find":
         return [ExactFindDedups(str(work / "exact" / "sigs"), str(work / "exact" / "dups"), config=_exact_config())]
-    if stage == "exact_filter":
-        return [
-            RankJsonlReader(str(work / "filtered")),
-            ExactDedupFilter(str(work / "exact" / "dups"), config=_exact_config(),
-                             exclusion_writer=RejectWriter(rejects, "exact-dedup", "exact-duplicate")),
-            JsonlWriter(str(work / "deduped"), output_filename="${rank}.jsonl", compression=None,
-                        adapter=document_dict),
-            MinhashSignature(str(work / "minhash" / "sigs"), config=_minhash_config(cfg)),
-        ]
+    if stage == "minhash_sigs":
+        return [MinhashBucketFiles(str(work / "minhash" / "all"), str(work / "exact" / "dups"),
+                                   str(work / "minhash" / "sigs"), config=_minhash_config(cfg))]
     if stage == "minhash_buckets":
         return [MinhashDedupBuckets(str(work / "minhash" / "sigs"), str(work / "minhash" / "buckets"),
                                     config=_minhash_config(cfg))]
@@ -213,7 +211,9 @@ def build_pipeline(cfg: DataConfig, run_dir: str | RunDir, stage: str = "filter"
                                     config=_minhash_config(cfg))]
     if stage == "final":
         return [
-            RankJsonlReader(str(work / "deduped")),
+            RankJsonlReader(str(work / "filtered")),
+            ExactDedupFilter(str(work / "exact" / "dups"), config=_exact_config(),
+                             exclusion_writer=RejectWriter(rejects, "exact-dedup", "exact-duplicate")),
             MinhashDedupFilter(str(work / "minhash" / "remove"),
                                exclusion_writer=RejectWriter(rejects, "near-dedup", "near-duplicate")),
             PIIRedactor(),
@@ -302,7 +302,6 @@ def run_pipeline(cfg: DataConfig, run_dir: str | RunDir, resume: bool = False) -
         manifest["resumed"] = {"completed_tasks_skipped": skipped}
     write_json(run.manifest, manifest)
     shutil.rmtree(_work(run) / "filtered", ignore_errors=True)
-    shutil.rmtree(_work(run) / "deduped", ignore_errors=True)
     return manifest
 
 
