@@ -256,4 +256,4 @@ def test_same_pipeline_builds_slurm_executors(tmp_path):
     assert [e.world_size for e in executors] == [4, 4, 1, 4, 14, 1, 4]
     assert executors[-1].depends is executors[-2]
     assert [type(s).__name__ for s in build_pipeline(cfg, tmp_path / "run", "final")] == [
-        "RankJsonlReader", "ExactDedupFilter", "MinhashDedupFilter", "PIIRedactor", "SplitAssigner", "JsonlWriter"]
+        "RankJsonlReader", "ExactDedupFilter", "MinhashDedupFilter", "PIIRedactor", "SplitAssigner", "KeptWriter"]

@@ -18,6 +18,7 @@ The model ships inside py3langid's wheel (nothing is downloaded).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from functools import lru_cache
 from itertools import pairwise
@@ -31,13 +32,12 @@ from vernacular.data.languages import LANGID_LABEL
 class VectorizedIdentifier(LanguageIdentifier):
     """py3langid's LanguageIdentifier whose feature extraction runs in numpy (same features, counts and scores)."""
 
-    __slots__ = ["_direct", "_keys", "_max_len", "_out", "_pending", "_states"]
+    __slots__ = ["_direct", "_keys", "_max_len", "_out", "_states"]
 
     @classmethod
     def from_model_file(cls, model_file=MODEL_FILE, *args, **kwargs) -> VectorizedIdentifier:
         ident = super().from_model_file(model_file, *args, **kwargs)
         ident._build_suffix_tables()
-        ident._pending = None
         return ident
 
     def _build_suffix_tables(self) -> None:
@@ -126,25 +126,42 @@ class VectorizedIdentifier(LanguageIdentifier):
         return [(ids[a:b], counts[a:b]) for a, b in pairwise(bounds)]
 
     def _raw_score(self, text: bytes):
-        if self._pending and (scores := self._pending.pop(text, None)) is not None:
-            return scores
         ids, counts = self.feature_counts([text])[0]
         if ids.size:
             return np.log1p(counts.astype(np.float32)) @ self.nb_ptc[ids] + self.nb_pc
         return super()._raw_score(b"")  # py3langid's no-feature fill
 
-    def rank_batch(self, texts: list[str]) -> list[list[tuple[str, float]]]:
-        """`rank` of each text (py3langid labels and normalised probabilities, best first), features of the whole
-        batch extracted at once."""
+    def probabilities(self, texts: list[str]) -> np.ndarray:
+        """py3langid's `_decide` for a batch: (len(texts), len(nb_classes)) float32 normalised probabilities (the
+        identifier must be built with `norm_probs=True`); an aliased label's later column is folded into its first
+        and zeroed. Features are extracted for the whole batch at once and the softmax runs over the whole matrix,
+        with py3langid's float32 operations, so each row equals `_decide(text)` bit for bit."""
+        if not self._norm_probs:
+            raise ValueError("probabilities() needs an identifier built with norm_probs=True")
         encoded = [self._encode(t) for t in texts]
-        self._pending = {}
-        try:
-            for text, (ids, counts) in zip(encoded, self.feature_counts(encoded)):
-                if ids.size:
-                    self._pending[text] = np.log1p(counts.astype(np.float32)) @ self.nb_ptc[ids] + self.nb_pc
-            return [self.rank(t) for t in texts]
-        finally:
-            self._pending = None
+        scores = np.zeros((len(texts), len(self.nb_classes)), dtype=np.float32)  # no features: 0.0 (uniform)
+        for row, (ids, counts) in zip(scores, self.feature_counts(encoded)):
+            if ids.size:
+                row[:] = np.log1p(counts.astype(np.float32)) @ self.nb_ptc[ids] + self.nb_pc
+        # T = sqrt(bytes), as py3langid (its Python-float factor is applied in float32)
+        scores *= np.array([1.0 / math.sqrt(len(t) or 1) for t in encoded], dtype=np.float32)[:, None]
+        np.exp(scores - scores.max(axis=1, keepdims=True), out=scores)
+        scores /= scores.sum(axis=1, keepdims=True)
+        for i, j in self._alias_pairs:
+            scores[:, i] += scores[:, j]
+            scores[:, j] = 0.0
+        return scores
+
+    def rank_batch(self, texts: list[str]) -> list[list[tuple[str, float]]]:
+        """`rank` of each text (py3langid labels and normalised probabilities, best first, one entry per label)."""
+        first = [i for i, c in enumerate(self.nb_classes) if i == self.nb_classes.index(c)]
+        labels = [self.nb_classes[i] for i in first]
+        out = []
+        for row in self.probabilities(texts)[:, first]:
+            order = np.argsort(-row, kind="stable")  # sorted(..., reverse=True) keeps ties in label order
+            values = row.tolist()
+            out.append([(labels[k], values[k]) for k in order.tolist()])
+        return out
 
 
 @lru_cache(maxsize=8)

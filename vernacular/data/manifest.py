@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
+
+import orjson
 
 from vernacular.data.robots import domain_of, load_ai_agents
 from vernacular.run import RunDir, read_json, write_json
@@ -24,7 +25,7 @@ def iter_jsonl_gz(folder: Path):
     for path in sorted(Path(folder).rglob("*.jsonl.gz")):
         with gzip.open(path, "rt", encoding="utf-8") as f:
             for line in f:
-                yield json.loads(line)
+                yield orjson.loads(line)
 
 
 def temperature_weights(sizes: dict[str, float], alpha: float) -> dict[str, float]:

@@ -8,6 +8,8 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+import orjson
+
 from vernacular.run import RunDir
 
 SPLITS = ("train", "val")
@@ -35,7 +37,7 @@ def iter_records(run_dir: str | os.PathLike | RunDir, split: str = "train",
         for path in sorted((root / split / lang).glob("*.jsonl.gz")):
             with gzip.open(path, "rt", encoding="utf-8") as f:
                 for line in f:
-                    yield lang, json.loads(line)
+                    yield lang, orjson.loads(line)
 
 
 def iter_texts(run_dir: str | os.PathLike | RunDir, split: str = "train",
@@ -56,7 +58,9 @@ def ensure_val_documents(run_dir: str | os.PathLike | RunDir, seed: int = 0, min
     root = _text_dir(run_dir)
     moved = {}
     for lang in text_languages(run_dir, "train"):
-        have = sum(1 for _ in iter_records(run_dir, "val", [lang])) if (root / "val" / lang).is_dir() else 0
+        have = sum(_count_lines(p) for p in (root / "val" / lang).glob("*.jsonl.gz"))
+        if have >= min_docs:  # the usual case: the train text is not read
+            continue
         records = list(iter_records(run_dir, "train", [lang]))
         need = min(min_docs - have, len(records) - 1)
         if need <= 0:
@@ -71,6 +75,11 @@ def ensure_val_documents(run_dir: str | os.PathLike | RunDir, seed: int = 0, min
         _write_records(root / "val" / lang / "99999.jsonl.gz", val)
         moved[lang] = len(val)
     return moved
+
+
+def _count_lines(path: Path) -> int:
+    with gzip.open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 def _write_records(path: Path, records: list[dict]) -> None:
