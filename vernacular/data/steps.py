@@ -6,10 +6,12 @@ datatrove's BaseFilter, so each dropped document goes to that step's `RejectWrit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import sys
+import time
 import tomllib
 import unicodedata
 from collections import defaultdict
@@ -25,12 +27,15 @@ from datatrove.pipeline.decont.n_grams import NGramsDecontFilter
 from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.filters.gopher_quality_filter import GopherQualityFilter
-from datatrove.pipeline.filters.gopher_repetition_filter import GopherRepetitionFilter
+from datatrove.pipeline.filters.gopher_repetition_filter import GopherRepetitionFilter, find_duplicates
 from datatrove.pipeline.formatters.base import BaseFormatter
 from datatrove.pipeline.readers.jsonl import JsonlReader
 from datatrove.pipeline.writers.jsonl import JsonlWriter
-from datatrove.utils.text import DEF_TEXT_NORM_CONFIG, NUMBERS_PATTERN, PUNCTUATION
+from datatrove.utils.batching import batched
+from datatrove.utils.stats import MetricStats
+from datatrove.utils.text import DEF_TEXT_NORM_CONFIG, NUMBERS_PATTERN, PUNCTUATION, PUNCTUATION_SET
 from datatrove.utils.text import simplify_text as datatrove_simplify
+from datatrove.utils.typeshelper import StatHints
 from datatrove.utils.word_tokenizers import WordTokenizer
 from xxhash import xxh64_intdigest
 
@@ -112,6 +117,21 @@ def word_ngrams(text: str, n: int) -> list[str]:
     return join_ngrams(simplified_words(text), n)
 
 
+def ngram_hashes(text: str, n: int) -> list[int]:
+    """`ngram_hash` of each of `word_ngrams(text, n)`, in order, without building the n-gram strings: the words are
+    joined with single spaces once, and each n-gram is hashed as a slice of that UTF-8 buffer (the same bytes)."""
+    words = simplified_words(text)
+    k = len(words) - n + 1
+    if k <= 0:
+        return []
+    buf = " ".join(words).encode("utf-8")
+    spaces = np.flatnonzero(np.frombuffer(buf, dtype=np.uint8) == 32)  # words hold no spaces: these separate them
+    starts = [0, *(spaces + 1).tolist()]
+    ends = [*spaces.tolist(), len(buf)]
+    view = memoryview(buf)
+    return [xxh64_intdigest(view[a:b]) for a, b in zip(starts[:k], ends[n - 1:])]
+
+
 def join_ngrams(words: Sequence[str], n: int) -> list[str]:
     return [" ".join(words[i:i + n]) for i in range(len(words) - n + 1)]
 
@@ -133,13 +153,14 @@ class InputCounter(PipelineStep):
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         counts: dict[str, dict[str, list[int]]] = defaultdict(lambda: defaultdict(lambda: [0, 0]))
-        for doc in data:
+        n = 0
+        for n, doc in enumerate(data, 1):
             doc.metadata["declared_lang"] = doc.metadata.get("lang") or "und"
             c = counts[doc.metadata.get("source", "?")][doc.metadata["declared_lang"]]
             c[0] += 1
             c[1] += len(doc.text.encode("utf-8", "surrogatepass"))
-            self.stat_update("documents_in")
             yield doc
+        add_count(self, "documents_in", n)
         out = Path(self.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / f"{rank:05d}.json").write_text(json.dumps(counts, indent=1))
@@ -177,11 +198,58 @@ class RankJsonlReader(JsonlReader):
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         if data:
             yield from data
-        name = f"{rank:05d}.jsonl"
+        name, n = f"{rank:05d}.jsonl", 0
         if self.data_folder.exists(name):
-            for doc in self.read_file(name):
-                self.stat_update("documents")
+            for n, doc in enumerate(self.read_file(name), 1):
                 yield doc
+        add_count(self, "documents", n)
+
+
+def add_count(step: PipelineStep, label: str, n: int) -> None:
+    """`step.stat_update(label)` n times, in one go (the same statistic: total n, each update 1)."""
+    if n:
+        step.stats[label] = step.stats[label] + MetricStats(total=n, n=n, mean=1.0, min=1, max=1)
+
+
+class LeanFilter(BaseFilter):
+    """datatrove's BaseFilter with its per-document bookkeeping made cheap: the same results, exclusion writer and
+    counts (`total`, `forwarded`, `dropped`, `dropped_<reason>`) kept in local counters and added to the step's
+    stats once at the end, and the time measured per 256 documents. BaseFilter.run updates three running statistics,
+    a document-length statistic and a timer for every document in every filter (~10 µs each time, as much as a
+    cheap filter's own work)."""
+
+    def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        counts: dict[str, int] = defaultdict(int)
+        clock, elapsed, timed = time.perf_counter, 0.0, 0
+        with self.exclusion_writer if self.exclusion_writer else contextlib.nullcontext() as writer:
+            try:
+                for batch in batched(data, self.batch_size):
+                    t0 = clock()
+                    results = self.filter_batch(batch)
+                    elapsed += clock() - t0
+                    timed += len(batch)
+                    if timed >= 256:
+                        self.stats.time_stats.update(elapsed, unit="256 docs")
+                        elapsed, timed = 0.0, 0
+                    for doc, result in zip(batch, results):
+                        counts[StatHints.total] += 1
+                        keep, reason = result if isinstance(result, tuple) else (result, None)
+                        if keep:
+                            counts[StatHints.forwarded] += 1
+                            yield doc
+                            continue
+                        counts[StatHints.dropped] += 1
+                        if reason:
+                            counts[f"dropped_{reason}"] += 1
+                        if writer:
+                            if reason:
+                                doc.metadata["filter_reason"] = reason
+                            writer.write(doc, rank)
+            finally:
+                if timed:
+                    self.stats.time_stats.update(elapsed, unit="256 docs")
+                for label, n in counts.items():
+                    add_count(self, label, n)
 
 
 # ---------------------------------------------------------------------------------------------------- cleaning
@@ -207,7 +275,7 @@ class Normalize(BaseFormatter):
             yield doc
 
 
-class Quarantine(BaseFilter):
+class Quarantine(LeanFilter):
     """Malformed input (flagged by the readers), empty and oversized documents go to the rejects, with the reason."""
 
     name = "🚧 quarantine"
@@ -226,7 +294,7 @@ class Quarantine(BaseFilter):
         return True
 
 
-class LanguageFilter(BaseFilter):
+class LanguageFilter(LeanFilter):
     """Offline language ID: py3langid's model and decision rule restricted to our language set, normalized
     probabilities, run on batches of documents (`vernacular.data.langid`: same scores, vectorised features).
 
@@ -343,7 +411,7 @@ def load_thresholds(path: str | None) -> dict[str, QualityThresholds]:
     return out
 
 
-class QualityFilter(BaseFilter):
+class QualityFilter(LeanFilter):
     """Per-language quality: datatrove's Gopher quality and repetition filters, one configured pair per language."""
 
     name = "🏅 quality"
@@ -370,18 +438,77 @@ class QualityFilter(BaseFilter):
         return self._filters[lang]
 
     def filter(self, doc: Document):
-        for f in self._for(doc.metadata.get("lang") or "default"):
-            keep, reason = _result(f.filter(doc))
-            if not keep:
-                return False, "quality:" + (reason or f.name).removeprefix("gopher_")
+        quality, repetition = self._for(doc.metadata.get("lang") or "default")
+        for keep in (gopher_quality(quality, doc), gopher_repetition(repetition, doc)):
+            if keep is not True:
+                return False, "quality:" + keep[1].removeprefix("gopher_")
         return True
 
 
-def _result(res):
-    return res if isinstance(res, tuple) else (res, None)
+_PUNCTUATION_CHARS = "".join(sorted(PUNCTUATION_SET))
 
 
-class OptOutFilter(BaseFilter):
+def gopher_quality(f: GopherQualityFilter, doc: Document):
+    """`f.filter(doc)` (datatrove's Gopher quality rules, same results and reasons) for our whitespace word
+    tokenizer, with cheaper word statistics: `w.strip(punctuation)` for "has a non-punctuation character", an
+    integer mean, `str.isalpha` over each word."""
+    if not isinstance(f.language, EuropeanWordTokenizer):
+        return f.filter(doc)
+    text = doc.text
+    words = text.split()
+    n_words = len(words)
+    lengths = [len(w) for w in words if w.strip(_PUNCTUATION_CHARS)]  # words with a non-punctuation character
+    if f.min_doc_words and len(lengths) < f.min_doc_words:
+        return False, "gopher_short_doc"
+    if f.max_doc_words and len(lengths) > f.max_doc_words:
+        return False, "gopher_long_doc"
+    mean = sum(lengths) / len(lengths) if lengths else float("nan")  # np.mean of the ints: the same float
+    if f.min_avg_word_length and mean < f.min_avg_word_length:
+        return False, "gopher_below_avg_threshold"
+    if f.max_avg_word_length and mean > f.max_avg_word_length:
+        return False, "gopher_above_avg_threshold"
+    if f.max_symbol_word_ratio and text.count("#") / n_words > f.max_symbol_word_ratio:
+        return False, "gopher_too_many_hashes"
+    if f.max_symbol_word_ratio and (text.count("...") + text.count("…")) / n_words > f.max_symbol_word_ratio:
+        return False, "gopher_too_many_ellipsis"
+    lines = text.splitlines()
+    if (f.max_bullet_lines_ratio
+            and sum(s.lstrip().startswith(("•", "-")) for s in lines) / len(lines) > f.max_bullet_lines_ratio):
+        return False, "gopher_too_many_bullets"
+    if (f.max_ellipsis_lines_ratio
+            and sum(s.rstrip().endswith(("...", "…")) for s in lines) / len(lines) > f.max_ellipsis_lines_ratio):
+        return False, "gopher_too_many_end_ellipsis"
+    if (f.max_non_alpha_words_ratio
+            and sum(w.isalpha() or any(map(str.isalpha, w)) for w in words) / n_words < f.max_non_alpha_words_ratio):
+        return False, "gopher_below_alpha_threshold"
+    if f.min_stop_words and len(f.stop_words.intersection(set(words))) < f.min_stop_words:
+        return False, "gopher_enough_stop_words"
+    return True
+
+
+def gopher_repetition(f: GopherRepetitionFilter, doc: Document):
+    """`f.filter(doc)` (datatrove's Gopher repetition rules); without n-gram rules the words are not split."""
+    if f.top_n_grams or f.dup_n_grams:
+        return f.filter(doc)
+    text = doc.text
+    if not text:
+        return False, "empty"
+    paragraphs = f.paragraph_exp.split(text.strip()) if "\n\n" in text else [text.strip()]
+    duplicates, chars = find_duplicates(paragraphs)
+    if f.dup_para_frac and duplicates / len(paragraphs) > f.dup_para_frac:
+        return False, "dup_para_frac"
+    if f.dup_para_char_frac and chars / len(text) > f.dup_para_char_frac:
+        return False, "dup_para_char_frac"
+    lines = f._line_splitter.split(text)
+    duplicates, chars = find_duplicates(lines)
+    if f.dup_line_frac and duplicates / len(lines) > f.dup_line_frac:
+        return False, "dup_line_frac"
+    if f.dup_line_char_frac and chars / len(text) > f.dup_line_char_frac:
+        return False, "dup_line_char_frac"
+    return True
+
+
+class OptOutFilter(LeanFilter):
     """TDM opt-out: drop documents whose URL an AI crawler may not fetch per the site's robots.txt (RFC 9309), or
     whose domain (or a parent domain) is on the blocklist. Documents without a URL are not web pages: kept."""
 
@@ -464,7 +591,7 @@ class EvalNGramIndexer(PipelineStep):
         (out / f"lines.{rank:05d}.json").write_text(json.dumps(lines, indent=1))
 
 
-class Decontaminate(NGramsDecontFilter):
+class Decontaminate(LeanFilter, NGramsDecontFilter):
     """datatrove's NGramsDecontFilter with our whitespace word tokenizer (its default needs spaCy models): a
     document sharing any n-gram with an evaluation text is removed as `contaminated`, with `contaminated_ngram` and
     `contaminated_task` in its metadata (kept in the rejects)."""
@@ -484,9 +611,10 @@ class Decontaminate(NGramsDecontFilter):
         """datatrove's NGramsDecontFilter.filter with `simplify_text` and `ngram_hash` (same n-grams, same index)."""
         if self._index_hashes is None:
             self.load_index_hashes()
-        for ngram in word_ngrams(doc.text, self.config.n_grams):
-            if (task := self._index_hashes.get(ngram_hash(ngram))) is not None:
-                doc.metadata["contaminated_ngram"] = ngram
+        n = self.config.n_grams
+        for i, h in enumerate(ngram_hashes(doc.text, n)):
+            if (task := self._index_hashes.get(h)) is not None:
+                doc.metadata["contaminated_ngram"] = " ".join(simplified_words(doc.text)[i:i + n])
                 doc.metadata["contaminated_task"] = task.replace("__", "/")
                 self.stat_update(f"contaminated_{task}")
                 return False, "contaminated"
@@ -548,21 +676,23 @@ class MinhashSignatures(PipelineStep):
             docs.clear()
             shingles.clear()
 
-        n = self.config.n_grams
+        clock, t0 = time.perf_counter, 0.0
         for doc_idx, doc in enumerate(data):
-            with self.track_time():
-                grams = join_ngrams(simplified_words(doc.text), n)
-                if grams:
-                    docs.append(doc_idx)
-                    shingles.append([ngram_hash(g) for g in grams])
-                    pending += len(grams)
-                    if pending >= self.max_shingles:
-                        flush()
-                        pending = 0
+            t0 -= clock()
+            if hashes := ngram_hashes(doc.text, self.config.n_grams):
+                docs.append(doc_idx)
+                shingles.append(hashes)
+                pending += len(hashes)
+                if pending >= self.max_shingles:
+                    flush()
+                    pending = 0
+            t0 += clock()
             yield doc
+        t0 -= clock()
         flush()
         records = np.concatenate(chunks) if chunks else np.empty(0, dtype=self.record_dtype())
         np.save(out / f"{rank:05d}.npy", records, allow_pickle=False)
+        self.stats.time_stats.update(t0 + clock(), unit="task")
         self.stat_update("signatures", value=len(records))
 
 
@@ -648,14 +778,15 @@ class PIIRedactor(BaseFormatter):
         return redact(text)[0]
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
-        for doc in data:
-            self.stat_update("total")
+        n = 0
+        for n, doc in enumerate(data, 1):
             doc.text, counts = redact(doc.text, doc.metadata.get("lang"))
             if counts:
                 doc.metadata["pii"] = dict(counts)
-                for kind, n in counts.items():
-                    self.stat_update(f"pii_{kind}", value=n)
+                for kind, k in counts.items():
+                    self.stat_update(f"pii_{kind}", value=k)
             yield doc
+        add_count(self, "total", n)
 
 
 # ---------------------------------------------------------------------------------------------------- output
@@ -684,11 +815,14 @@ class SplitAssigner(PipelineStep):
         self.seed = seed
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
+        counts = {"train": 0, "val": 0}
         for doc in data:
             if doc.metadata.get("split") not in ("train", "val"):  # records may name their own split (demo corpus)
                 doc.metadata["split"] = "val" if split_hash(doc.text, self.seed) < self.val_fraction else "train"
-            self.stat_update(doc.metadata["split"])
+            counts[doc.metadata["split"]] += 1
             yield doc
+        for split, n in counts.items():
+            add_count(self, split, n)
 
 
 class KeptWriter(JsonlWriter):
