@@ -70,3 +70,21 @@ def test_vectorized_features_and_scores_equal_py3langid():
     assert [fast.rank(t) for t in texts] == expected
     batched = [r for i in range(0, len(texts), 97) for r in fast.rank_batch(texts[i:i + 97])]
     assert batched == expected
+
+
+def test_cached_identifier_equals_the_built_one(tmp_path):
+    """The identifier saved to and loaded from the cache (no pickle, no byte DFA) scores exactly as the one built
+    from py3langid's model."""
+    from py3langid.langid import MODEL_FILE
+
+    from vernacular.data.langid import VectorizedIdentifier
+    from vernacular.data.languages import LANGID_LABEL
+
+    built = VectorizedIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    built.set_languages(sorted({LANGID_LABEL[c] for c in ALL_LANGUAGES}))
+    built.save(tmp_path / "ident.npz")
+    loaded = VectorizedIdentifier.load(tmp_path / "ident.npz")
+    texts = [line for lang in EU_LANGUAGES for line in demo_lines(lang, "val")[:10]] + ["", "1 2 3", "ÄÖÜ"]
+    assert loaded.nb_classes == built.nb_classes
+    assert loaded.rank_batch(texts) == built.rank_batch(texts)
+    assert [loaded.classify(t) for t in texts] == [built.classify(t) for t in texts]
