@@ -301,7 +301,8 @@ def run_pipeline(cfg: DataConfig, run_dir: str | RunDir, resume: bool = False) -
     if resume:
         manifest["resumed"] = {"completed_tasks_skipped": skipped}
     write_json(run.manifest, manifest)
-    shutil.rmtree(_work(run) / "filtered", ignore_errors=True)
+    for done in ("filtered", "minhash/all"):  # intermediate text and signatures, read by later stages only
+        shutil.rmtree(_work(run) / done, ignore_errors=True)
     return manifest
 
 
