@@ -50,8 +50,8 @@ def language_confusion(checkpoint: str | Path, tokenizer_dir: str | Path, conver
 
     `conversations`: `vernacular.sft.data.Conversation`s (messages + lang). Returns {"line_level_pass_rate",
     "answers", "max_tokens", "stop_rate" (the share of answers that ended on the end-of-turn token within
-    `max_tokens`: a chat model should finish its short answers), "per_language": {lang: pass rate}}; with `out`, also writes every question, answer and
-    verdict there (JSON)."""
+    `max_tokens`: a chat model should finish its short answers), "per_language": {lang: pass rate}}; with `out`, also
+    writes every question, answer and verdict there (JSON)."""
     from vernacular.run import write_json
     from vernacular.serve.engine import Engine
     from vernacular.serve.loading import load_model_for_serving
