@@ -346,7 +346,7 @@ def test_replay_pairs_are_consecutive_lines_of_one_document_and_train_only(pretr
     _write_text(run, "fra", fra)
     text_dir = run / "data" / "text" / "train"
 
-    convs = replay_conversations(text_dir, tok, per_language=6, max_tokens=257, seed=0)
+    convs = replay_conversations(run, tok, per_language=6, max_tokens=257, seed=0)
     assert [c.lang for c in convs].count("deu") == 6 and [c.lang for c in convs].count("fra") == 6
     consecutive = {(a, b) for doc in deu + fra for a, b in zip(doc, doc[1:])}
     for c in convs:
@@ -354,9 +354,9 @@ def test_replay_pairs_are_consecutive_lines_of_one_document_and_train_only(pretr
         assert [m["role"] for m in c.messages] == ["user", "assistant"] and (user, assistant) in consecutive
         assert "très long" not in user + assistant and len(c.ids) <= 257
         assert c.ids == encode_chat(tok, c.messages, add_generation_prompt=False).ids
-    again = replay_conversations(text_dir, tok, per_language=6, max_tokens=257, seed=0)
+    again = replay_conversations(run, tok, per_language=6, max_tokens=257, seed=0)
     assert [c.messages for c in again] == [c.messages for c in convs]
-    other = replay_conversations(text_dir, tok, per_language=6, max_tokens=257, seed=1)
+    other = replay_conversations(run, tok, per_language=6, max_tokens=257, seed=1)
     assert [c.messages for c in other] != [c.messages for c in convs]
 
     assert main(["sft", "--run-dir", str(run), "--data", str(FIXTURES), "--replay", "5", "--steps", "1",

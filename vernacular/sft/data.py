@@ -190,41 +190,37 @@ def load_conversations(paths: Iterable[Path], tokenizer, max_tokens: int, reject
     return Dataset(train, val, rejected, records, [str(p) for p in paths])
 
 
-def replay_conversations(text_dir: str | Path, tokenizer, per_language: int, max_tokens: int,
+def replay_conversations(run_dir, tokenizer, per_language: int, max_tokens: int,
                          seed: int = 0) -> list[Conversation]:
     """Continuation conversations from the run's cleaned pretraining text: per language, `per_language` pairs of
     consecutive lines of one document (user: a line, assistant: the next line), drawn with `seed`.
 
-    `text_dir`: the data stage's `data/text/train` (`<lang>/*.jsonl.gz`, one {"text": ...} document per line; lines
-    of a document are sentences or paragraphs). Pairs are sampled from the first max(20 x `per_language`, 10,000)
-    candidate pairs of each language (files in name order), so a web-scale text folder is not read whole. Pairs whose
-    chat rendering exceeds `max_tokens` are skipped. They are for training only (never held out, never in the
+    `run_dir` (a path or RunDir): reads its `data/text/train` (`vernacular.data.text.iter_records`; lines of a
+    document are sentences or paragraphs). Pairs are sampled from the first max(20 x `per_language`, 10,000)
+    candidate pairs of each language (files in name order), so a web-scale text folder is not read whole. Pairs
+    whose chat rendering exceeds `max_tokens` are skipped. They are for training only (never held out, never in the
     language-confusion measurement). Why: mixing pretraining text into fine-tuning ("replay", as InstructGPT's
     PPO-ptx mixes pretraining gradients) keeps the base model's language modelling, and each pair is one more
     example, in its own language, of an assistant turn that continues in the language of the user's turn.
-    Raises FileNotFoundError when `text_dir` has no language folders."""
-    import gzip
+    Raises FileNotFoundError when the run has no cleaned training text."""
+    from vernacular.data.text import iter_records, text_languages
+    from vernacular.run import RunDir
 
-    text_dir = Path(text_dir)
-    langs = sorted(d for d in text_dir.iterdir() if d.is_dir()) if text_dir.is_dir() else []
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    langs = text_languages(run, "train")
     if not langs:
-        raise FileNotFoundError(f"no cleaned training text in {text_dir} (run `vernacular data` first, or drop "
-                                f"--replay)")
+        raise FileNotFoundError(f"no cleaned training text in {run.text / 'train'} (run `vernacular data` first, or "
+                                f"drop --replay)")
     out: list[Conversation] = []
     cap = max(20 * per_language, 10_000)
-    for d in langs:
+    for lang in langs:
         candidates: list[tuple[str, str, str]] = []
-        for f in sorted(d.glob("*.jsonl.gz")):
-            with gzip.open(f, "rt", encoding="utf-8") as fh:
-                for lineno, line in enumerate(fh, start=1):
-                    lines = [x.strip() for x in json.loads(line)["text"].split("\n") if x.strip()]
-                    candidates += [(a, b, f"{f}:{lineno}") for a, b in zip(lines, lines[1:])]
-                    if len(candidates) >= cap:
-                        break
+        for _, record in iter_records(run, "train", [lang]):
+            lines = [x.strip() for x in record["text"].split("\n") if x.strip()]
+            candidates += [(a, b, str(record.get("id"))) for a, b in zip(lines, lines[1:])]
             if len(candidates) >= cap:
                 break
-        rng = np.random.default_rng([seed, *d.name.encode()])
-        lang = to_iso639_3(d.name) or d.name
+        rng = np.random.default_rng([seed, *lang.encode()])
         taken = 0
         for i in rng.permutation(len(candidates)):
             if taken == per_language:
@@ -233,7 +229,8 @@ def replay_conversations(text_dir: str | Path, tokenizer, per_language: int, max
             messages = [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
             enc = encode_chat(tokenizer, messages, add_generation_prompt=False)
             if len(enc.ids) <= max_tokens:
-                out.append(Conversation(messages, f"replay:{source}", lang, enc.ids, enc.assistant_mask))
+                out.append(Conversation(messages, f"replay:{source}", to_iso639_3(lang) or lang, enc.ids,
+                                        enc.assistant_mask))
                 taken += 1
     return out
 

@@ -108,7 +108,7 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
     ds = load_conversations(sources, tok, max_tokens=cfg.seq_len + 1, val_fraction=val_fraction,
                             rejects_path=run.sft / "rejects.jsonl" if main_rank else None)
     if replay:
-        ds.train += replay_conversations(run.text / "train", tok, replay, cfg.seq_len + 1, seed=cfg.seed)
+        ds.train += replay_conversations(run, tok, replay, cfg.seq_len + 1, seed=cfg.seed)
     summary = ds.summary()
     if main_rank:
         write_json(run.sft / "data.json", summary)
