@@ -96,3 +96,40 @@ def test_optout_and_decontamination_through_the_cli(tmp_path, capsys):
     assert "738c80d" in manifest["optout"]["list_version"]
     decont = manifest["decontamination"]
     assert decont["n_grams"] == 8 and decont["eval_sets"]["flores-sample/eng"]["lines"] == 5
+
+
+def test_decontamination_index_is_cached_by_content(tmp_path, monkeypatch):
+    """The index of an evaluation file is built once per content: a rerun reads it from the cache (same bytes, same
+    line counts); a changed file or a damaged cache entry is indexed afresh."""
+    from vernacular.data.steps import EvalNGramIndexer
+
+    monkeypatch.setenv("VERNACULAR_CACHE", str(tmp_path / "cache"))
+    evals = tmp_path / "evals"
+    evals.mkdir()
+    (evals / "eng.txt").write_text((FLORES / "eng.txt").read_text(encoding="utf-8"), encoding="utf-8")
+
+    def run(out):
+        step = EvalNGramIndexer([("flores/eng", str(evals / "eng.txt"))], str(tmp_path / out), 8)
+        list(step.run())
+        return (tmp_path / out / "flores__eng.index.hashes").read_bytes(), json.loads(
+            (tmp_path / out / "lines.00000.json").read_text())
+
+    first = run("a")
+    assert len(first[0]) > 0 and first[1]["flores/eng"]["lines"] == 5
+    cached = list((tmp_path / "cache" / "decont").glob("*.npz"))
+    assert len(cached) == 1
+
+    def no_indexing(*args):
+        raise AssertionError("indexed again")
+
+    with monkeypatch.context() as m:
+        m.setattr(EvalNGramIndexer, "index", no_indexing)
+        second = run("b")
+    assert second[0] == first[0] and second[1]["flores/eng"] | {"path": 0} == first[1]["flores/eng"] | {"path": 0}
+
+    cached[0].write_bytes(cached[0].read_bytes()[:100])  # damaged (cut short): rebuilt, same index
+    assert run("c")[0] == first[0]
+    (evals / "eng.txt").write_text("one two three four five six seven eight nine\n", encoding="utf-8")
+    changed = run("d")
+    assert changed[0] != first[0] and changed[1]["flores/eng"]["lines"] == 1
+    assert len(list((tmp_path / "cache" / "decont").glob("*.npz"))) == 2

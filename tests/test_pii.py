@@ -44,3 +44,24 @@ def test_redaction_counts_and_checksums():
     assert counts == {"email": 1, "ip": 1, "iban": 1, "phone": 2}
     assert iban_valid("DE89 3704 0044 0532 0130 00") and not iban_valid("DE89 3704 0044 0532 0130 01")
     assert not iban_valid("DE89 3704 0044 0532 0130 0")  # wrong length for Germany
+
+
+def test_hints_only_skip_documents_without_matches(monkeypatch):
+    """The cheap pre-searches (`_*_HINT`) never change the result: the same matches with every hint disabled, on
+    the labelled lines, on those lines joined into documents, and on random digit/colon/letter strings."""
+    import random
+    import re
+
+    from vernacular.data import pii
+
+    rng = random.Random(0)
+    rows = _bench().load()
+    texts = [t for _, t, _ in rows] + [" ".join(t for _, t, _ in rows[i:i + 7]) for i in range(0, len(rows), 7)]
+    alphabet = "0123456789 .-/:+()@abcdefDEIT"
+    texts += ["".join(rng.choice(alphabet) for _ in range(rng.randrange(60))) for _ in range(3000)]
+    langs = [lang for lang, _, _ in rows] * 40
+    with_hints = [find_pii(t, lang) for t, lang in zip(texts, langs)]
+    for name in ("_IBAN_HINT", "_IPV4_HINT", "_IPV6_HINT", "_PHONE_HINT"):
+        monkeypatch.setattr(pii, name, re.compile(""))  # matches everywhere: the full regex always runs
+    assert [find_pii(t, lang) for t, lang in zip(texts, langs)] == with_hints
+    assert sum(map(len, with_hints)) > 100

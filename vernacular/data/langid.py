@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 from py3langid.langid import MODEL_DIR, MODEL_FILE, RAW_FLOOR, LanguageIdentifier
 
+from vernacular.cache import UNREADABLE, cache_dir
 from vernacular.data.languages import LANGID_LABEL
 
 
@@ -218,8 +219,7 @@ def cache_path(labels: tuple[str, ...] | None) -> Path:
     model = Path(MODEL_FILE) if Path(MODEL_FILE).is_absolute() else MODEL_DIR / MODEL_FILE
     stat = model.stat()
     key = repr((version("py3langid"), str(model), stat.st_size, stat.st_mtime_ns, labels, CACHE_FORMAT))
-    root = os.environ.get("VERNACULAR_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vernacular"
-    return Path(root) / "langid" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+    return cache_dir("langid") / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
 
 
 @lru_cache(maxsize=8)
@@ -229,7 +229,7 @@ def _identifier(labels: tuple[str, ...] | None) -> VectorizedIdentifier:
     path = cache_path(labels)
     try:
         return VectorizedIdentifier.load(path)
-    except (OSError, ValueError, KeyError):
+    except UNREADABLE:
         pass
     ident = VectorizedIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
     ident.set_languages(list(labels) if labels else None)

@@ -47,6 +47,11 @@ IBAN_LENGTHS: dict[str, int] = {
 
 EMAIL = re.compile(r"(?<![\w.%+-])[\w%+-]+(?:\.[\w%+-]+)*@(?:[^\W_](?:[\w-]*[^\W_])?\.)+[^\W\d_]{2,24}(?![\w@-])")
 _DIGIT = re.compile(r"\d")
+# cheap searches without look-arounds that every accepted match contains: most documents skip the full regex
+_IBAN_HINT = re.compile(r"[A-Z]{2}\d\d")
+_IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
+_IPV6_HINT = re.compile(r":[0-9A-Fa-f]{0,4}:")  # an address `ipaddress` accepts has two colons this close
+_PHONE_HINT = re.compile(r"\d(?:[ .\-/]?\d){6}")
 IPV4 = re.compile(r"(?<![\w.@/-])(?:\d{1,3}\.){3}\d{1,3}(?![\w-]|\.\d)")
 IPV6 = re.compile(r"(?<![\w:.])(?=[0-9A-Fa-f:]*:[0-9A-Fa-f:]*:)[0-9A-Fa-f:]{3,39}(?![\w:]|\.\w)")
 IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b")
@@ -155,16 +160,16 @@ def find_pii(text: str, lang: str | None = None) -> list[PIIMatch]:
             add("email", m)
     # IBANs, IPv4 addresses and phone numbers need a digit, IPv6 addresses two colons: most text has no digit
     digits = _DIGIT.search(text) is not None
-    for m in IBAN.finditer(text) if digits else ():
+    for m in IBAN.finditer(text) if digits and _IBAN_HINT.search(text) else ():
         if iban_valid(m.group(0)):
             add("iban", m)
         else:  # a failed IBAN's digit groups are no phone number either
             taken.append(m.span())
-    for regex in (IPV4,) * digits + (IPV6,) * (text.count(":") >= 2):
-        for m in regex.finditer(text):
+    for regex, hint in ((IPV4, _IPV4_HINT),) * digits + ((IPV6, _IPV6_HINT),) * (text.count(":") >= 2):
+        for m in regex.finditer(text) if hint.search(text) else ():
             if ip_valid(text, m):
                 add("ip", m)
-    for m in PHONE.finditer(text) if digits else ():
+    for m in PHONE.finditer(text) if digits and _PHONE_HINT.search(text) else ():
         if phone_valid(text, m, lang):
             add("phone", m)
     return sorted(found, key=lambda p: p.start)
