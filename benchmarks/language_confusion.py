@@ -3,9 +3,10 @@
     vernacular speedrun                                       # leaves runs/speedrun with an SFT checkpoint
     python benchmarks/language_confusion.py --run-dir runs/speedrun [--max-tokens 32] [--json out.json]
 
-The measure is the Language Confusion Benchmark's line-level pass rate (Marchisio et al., 2024): the share of
-answers whose every non-empty line py3langid (restricted to the 24 EU languages) identifies as the question's
-language. Questions: the opening turns of the held-out demo conversations in all 24 languages, split exactly as
+The measure is the Language Confusion Benchmark's line-level pass rate (Marchisio et al., 2024) with its rules
+(`vernacular.sft.confusion`: lines of 5+ words, each identified as the question's language by py3langid restricted
+to the 24 EU languages; answers without such a line are not scored; averaged over languages), and next to it the
+share of all answers whose every line is in the question's language. Questions: the opening turns of the held-out demo conversations in all 24 languages, split exactly as
 `vernacular sft` split them (`vernacular.sft.data.load_conversations`). Both sides answer greedily through the
 serving engine: the base model (the run's newest pretraining checkpoint) and the chat model (its newest SFT
 checkpoint), same tokenizer, same prompts; the script prints both pass rates, per language, and their ratio.
@@ -55,6 +56,9 @@ def main() -> int:
         print(f"{lang:10s}" + "".join(f"{100 * r['per_language'].get(lang, 0):19.0f}%" for r in results.values()))
     rates = [r["line_level_pass_rate"] or 0.0 for r in results.values()]
     print(f"{'all':10s}" + "".join(f"{100 * x:19.1f}%" for x in rates))
+    print(f"{'scored':10s}" + "".join(f"{r['answers_scored']:>16d}/{r['answers']:<3d}" for r in results.values()))
+    print(f"{'whole':10s}" + "".join(f"{100 * r['response_pass_rate']:19.1f}%" for r in results.values())
+          + "   (every line in the question's language, all answers)")
     print(f"ratio chat / base: {rates[1] / rates[0]:.2f}x" if rates[0] else "ratio chat / base: base passes none")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -64,3 +64,18 @@ def test_report_of_a_healthy_run(tmp_path):
     text = write_report(run).read_text()
     assert "Data epochs: **0.3** passes over the training tokens: no training token was read twice." in text
     assert "still falling" in text and "Warning" not in text
+
+
+def test_report_shows_language_confusion_by_the_benchmark_rules(tmp_path, capsys):
+    run = _run(tmp_path, _train(30, lambda s: 6.0 - s * 0.1, 0.01),
+               _val([(10, 5.0, 4.0), (20, 4.0, 3.5), (30, 3.0, 3.45)]))
+    confusion = {"line_level_pass_rate": 0.8125, "answers": 10, "answers_scored": 7, "answers_skipped": 3,
+                 "response_pass_rate": 0.6, "max_tokens": 32, "stop_rate": 0.5,
+                 "per_language": {"deu": 0.75, "fra": 0.875}}
+    (run / "metrics" / "sft_val.json").write_text(json.dumps({"step": 5, "tokens": 100, "val_loss": 2.0,
+                                                               "language_confusion": confusion}))
+    text = write_report(run).read_text()
+    assert "**81.2%**" in text and "3 of them too short to score" in text and "all 10 counted: 60.0%" in text
+    assert "| deu | 75% |" in text and "50% of the answers ended" in text
+    out = capsys.readouterr().out
+    assert "line-level pass rate (LCB) 81.2% over 7 of 10 held-out questions" in out

@@ -196,9 +196,12 @@ def test_sft_cli_lowers_held_out_loss_then_serves_a_chat_that_stops(pretrained, 
     result = json.loads((run / "metrics" / "sft_val.json").read_text())
     assert result["step"] == 60 and result["val_loss"] < result["val_loss_start"] - 0.5, result
     confusion = result["language_confusion"]
-    assert confusion["answers"] == 6 and set(confusion["per_language"]) == {"deu", "eng", "fra"}
-    assert 0.0 <= confusion["line_level_pass_rate"] <= 1.0
+    assert confusion["answers"] == 6 and set(confusion["per_language"]) <= {"deu", "eng", "fra"}
     details = json.loads((run / "metrics" / "language_confusion.json").read_text())["details"]
+    assert confusion["answers_scored"] == sum(d["pass"] is not None for d in details) == 6 - confusion["answers_skipped"]
+    if confusion["answers_scored"]:
+        assert 0.0 <= confusion["line_level_pass_rate"] <= 1.0
+    assert confusion["response_pass_rate"] == sum(d["response_pass"] for d in details) / 6
     assert confusion["stop_rate"] == sum(d["finish_reason"] == "stop" for d in details) / 6
     records = [json.loads(line) for line in (run / "metrics" / "sft.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "val_loss" in r] == [0, 60]
@@ -367,3 +370,20 @@ def test_replay_pairs_are_consecutive_lines_of_one_document_and_train_only(pretr
     shutil.rmtree(text_dir)
     assert main(["sft", "--run-dir", str(run), "--data", str(FIXTURES), "--replay", "5", "--steps", "1",
                  "--confusion-tokens", "0", *SFT_ARGS]) == 1
+
+
+def test_line_level_pass_follows_the_language_confusion_benchmark_rules():
+    """LCB's LPR rules on real news lines: lines of fewer than 5 words are not scored (an answer with none is
+    skipped), every scored line must be identified as the question's language, and one wrong line fails the answer;
+    the whole-answer `response_pass` has no skipping (a short answer is judged as it is, an empty one fails)."""
+    from vernacular.sft.confusion import lcb_lines, line_level_pass, response_pass
+
+    news = Path(__file__).parent / "data" / "ntrex-sample"  # NTREX-128 news, CC BY-SA 4.0
+    deu, eng, fra = ((news / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:3] for lang in ("deu", "eng", "fra"))
+    assert line_level_pass(deu[0], "deu") is True and line_level_pass(fra[1], "fra") is True
+    assert line_level_pass(deu[0], "fra") is False
+    assert line_level_pass("\n".join([deu[0], deu[1], eng[2]]), "deu") is False  # one English line fails the answer
+    assert line_level_pass("Ja.\n" + deu[1], "deu") is True  # the short line is not scored
+    assert line_level_pass("Ja, gut.", "deu") is None and line_level_pass("", "deu") is None  # skipped
+    assert lcb_lines("a, b; c. d! e?") == ["a b c d e"] and lcb_lines("a b c d") == []
+    assert response_pass(deu[0], "deu") and not response_pass("", "deu") and not response_pass(eng[0], "deu")

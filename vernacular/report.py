@@ -195,18 +195,25 @@ def _sft_section(run) -> list[str]:
     lines += ["", line, ""]
     confusion = val.get("language_confusion") or {}
     rate = confusion.get("line_level_pass_rate")
-    if rate is not None:
-        lines += [f"Language confusion (line-level pass rate: the share of answers whose every line is in the "
-                  f"question's language, py3langid over the 24 EU languages; greedy answers of "
-                  f"{confusion.get('max_tokens')} tokens to {confusion.get('answers')} held-out questions): "
-                  f"**{100 * rate:.1f}%**."
-                  + (f" {100 * confusion['stop_rate']:.0f}% of these answers ended on the end-of-turn token "
+    if confusion.get("answers_scored") is not None:  # runs from before the LCB rules lack the counts
+        lines += [f"Language confusion, line-level pass rate (the Language Confusion Benchmark's rules: every line of "
+                  f"5 or more words in the question's language, py3langid over the 24 EU languages, averaged over "
+                  f"languages; greedy answers of {confusion.get('max_tokens')} tokens to {confusion['answers']} "
+                  f"held-out questions, {confusion['answers_skipped']} of them too short to score): "
+                  + (f"**{100 * rate:.1f}%**." if rate is not None else "no answer could be scored.")
+                  + f" Whole answers in the question's language, all {confusion['answers']} counted: "
+                    f"{100 * confusion['response_pass_rate']:.1f}%."
+                  + (f" {100 * confusion['stop_rate']:.0f}% of the answers ended on the end-of-turn token "
                      f"`<|end|>` (finish_reason `stop`)." if confusion.get("stop_rate") is not None else ""),
                   "", "| language | pass rate |", "|---|---:|"]
         lines += [f"| {lang} | {100 * r:.0f}% |" for lang, r in sorted(confusion.get("per_language", {}).items())]
         lines += ["", "Every question and answer: `metrics/language_confusion.json`.", ""]
-        print(f"\nlanguage confusion (line-level pass rate): {100 * rate:.1f}% over {confusion.get('answers')} "
-              f"held-out questions")
+        from vernacular.sft.confusion import summary
+
+        print(f"\nlanguage confusion: {summary(confusion)}")
+    elif rate is not None:  # a run from before the LCB rules: whole answers, all counted
+        lines += [f"Language confusion (share of {confusion.get('answers')} held-out answers whose every line is in "
+                  f"the question's language): **{100 * rate:.1f}%**.", ""]
     return lines
 
 

@@ -88,8 +88,8 @@ def main(args: argparse.Namespace) -> int:
             print(f"held-out assistant loss: {result['val_loss']:.4f} nats/token"
                   + (f" (before SFT: {start:.4f})" if start is not None else ""))
         confusion = result.get("language_confusion")
-        if confusion and confusion["line_level_pass_rate"] is not None:
-            print(f"language confusion: line-level pass rate {100 * confusion['line_level_pass_rate']:.1f}% "
-                  f"over {confusion['answers']} held-out questions; {100 * confusion['stop_rate']:.0f}% of the "
-                  f"answers ended on <|end|> within {confusion['max_tokens']} tokens")
+        if confusion and confusion["answers"]:
+            from vernacular.sft.confusion import summary
+
+            print(f"language confusion: {summary(confusion)}")
     return 0
