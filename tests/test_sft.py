@@ -198,7 +198,8 @@ def test_sft_cli_lowers_held_out_loss_then_serves_a_chat_that_stops(pretrained, 
     confusion = result["language_confusion"]
     assert confusion["answers"] == 6 and set(confusion["per_language"]) <= {"deu", "eng", "fra"}
     details = json.loads((run / "metrics" / "language_confusion.json").read_text())["details"]
-    assert confusion["answers_scored"] == sum(d["pass"] is not None for d in details) == 6 - confusion["answers_skipped"]
+    scored = sum(d["pass"] is not None for d in details)
+    assert confusion["answers_scored"] == scored == 6 - confusion["answers_skipped"]
     if confusion["answers_scored"]:
         assert 0.0 <= confusion["line_level_pass_rate"] <= 1.0
     assert confusion["response_pass_rate"] == sum(d["response_pass"] for d in details) / 6
@@ -379,7 +380,8 @@ def test_line_level_pass_follows_the_language_confusion_benchmark_rules():
     from vernacular.sft.confusion import lcb_lines, line_level_pass, response_pass
 
     news = Path(__file__).parent / "data" / "ntrex-sample"  # NTREX-128 news, CC BY-SA 4.0
-    deu, eng, fra = ((news / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:3] for lang in ("deu", "eng", "fra"))
+    deu, eng, fra = ((news / f"{lang}.txt").read_text(encoding="utf-8").splitlines()[:3]
+                     for lang in ("deu", "eng", "fra"))
     assert line_level_pass(deu[0], "deu") is True and line_level_pass(fra[1], "fra") is True
     assert line_level_pass(deu[0], "fra") is False
     assert line_level_pass("\n".join([deu[0], deu[1], eng[2]]), "deu") is False  # one English line fails the answer

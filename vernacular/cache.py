@@ -15,5 +15,7 @@ UNREADABLE = (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile)
 
 def cache_dir(kind: str) -> Path:
     """`<cache root>/<kind>` (not created)."""
-    root = os.environ.get("VERNACULAR_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vernacular"
+    root = os.environ.get("VERNACULAR_CACHE")
+    if not root:
+        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vernacular"
     return Path(root) / kind

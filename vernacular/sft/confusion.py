@@ -148,5 +148,6 @@ def summary(confusion: dict) -> str:
     return ((f"line-level pass rate (LCB) {100 * rate:.1f}% over {confusion['answers_scored']} of "
              if rate is not None else "no answer long enough for the line-level pass rate (LCB) among ")
             + f"{confusion['answers']} held-out questions ({confusion['answers_skipped']} answers without a line of "
-            f"5 words are not scored); every line in the question's language in {100 * confusion['response_pass_rate']:.1f}% "
-            f"of all answers; {100 * confusion['stop_rate']:.0f}% ended on <|end|> within {confusion['max_tokens']} tokens")
+            f"5 words are not scored); every line in the question's language in "
+            f"{100 * confusion['response_pass_rate']:.1f}% of all answers; {100 * confusion['stop_rate']:.0f}% ended "
+            f"on <|end|> within {confusion['max_tokens']} tokens")
