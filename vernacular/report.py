@@ -195,7 +195,7 @@ def _sft_section(run) -> list[str]:
     lines += ["", line, ""]
     confusion = val.get("language_confusion") or {}
     rate = confusion.get("line_level_pass_rate")
-    if confusion.get("answers_scored") is not None:  # runs from before the LCB rules lack the counts
+    if confusion.get("answers") and confusion.get("answers_scored") is not None:  # older runs lack the counts
         lines += [f"Language confusion, line-level pass rate (the Language Confusion Benchmark's rules: every line of "
                   f"5 or more words in the question's language, py3langid over the 24 EU languages, averaged over "
                   f"languages; greedy answers of {confusion.get('max_tokens')} tokens to {confusion['answers']} "
