@@ -207,6 +207,11 @@ def test_text_stream_releases_only_whole_characters(engine):
     # Greek letters are two bytes; a 1024-token vocabulary must split some of them across tokens
     greek = run_tok.encode(demo_lines("ell")[1500])
     assert any(run_tok.token_str(i).startswith("bytes:") for i in greek)
+    # a sequence that ends inside a character (max_tokens reached mid-letter): the incomplete bytes are not sent
+    cut = next(k for k in range(1, len(greek)) if run_tok.decode(greek[:k]).endswith("\ufffd"))
+    stream = TextStream(run_tok)
+    chunks = [stream.push(i) for i in greek[:cut]] + [stream.finish()]
+    assert "".join(chunks) == run_tok.decode(greek[:cut]).removesuffix("\ufffd") and "\ufffd" not in "".join(chunks)
 
 
 def test_text_stream_holds_back_possible_stop_strings(engine):

@@ -169,11 +169,13 @@ class TextStream:
         return self._release(final=False)
 
     def finish(self) -> str:
-        """The sequence ended: release what was held back (an incomplete trailing character decodes to U+FFFD)."""
+        """The sequence ended: release what was held back. Bytes of a character that the last token left incomplete
+        (the tokenizer decodes them to one U+FFFD) are dropped, as vLLM's incremental detokenizer never emits them:
+        the client gets whole characters only."""
         if not self.stopped:
             full = self.tok.decode(self._ids, skip_special_tokens=self.skip_special_tokens)
             if full.startswith(self.text):
-                self.text = full
+                self.text = full.removesuffix("\ufffd") if len(full) > len(self.text) else full
         return self._release(final=True)
 
     def _release(self, final: bool) -> str:
