@@ -211,5 +211,6 @@ def test_generate_until_is_greedy_decoding(run_dir):
                 if nxt in lm.tokenizer.stop_ids:
                     break
                 ids.append(nxt)
-        expected = lm.tok_decode(ids[len(lm.tok_encode(prompt)) :]).split("\n\n")[0]
+        # bytes of a character the last token left incomplete are not text (the engine drops them, as vLLM does)
+        expected = lm.tok_decode(ids[len(lm.tok_encode(prompt)) :]).removesuffix("\ufffd").split("\n\n")[0]
         assert text == expected
