@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from collections.abc import Iterable
 from functools import lru_cache
 from importlib.metadata import version
@@ -33,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from py3langid.langid import MODEL_DIR, MODEL_FILE, RAW_FLOOR, LanguageIdentifier
 
-from vernacular.cache import UNREADABLE, cache_dir
+from vernacular.cache import UNREADABLE, cache_dir, save_arrays
 from vernacular.data.languages import LANGID_LABEL
 
 
@@ -148,11 +147,7 @@ class VectorizedIdentifier(LanguageIdentifier):
                   "_direct2": self._direct[1]}
         for length, (keys, states) in enumerate(zip(self._keys, self._states), 1):
             arrays[f"keys{length}"], arrays[f"states{length}"] = keys, states
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
+        save_arrays(path, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> VectorizedIdentifier:

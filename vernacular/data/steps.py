@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import re
 import sys
 import time
@@ -40,7 +39,7 @@ from datatrove.utils.typeshelper import StatHints
 from datatrove.utils.word_tokenizers import WordTokenizer
 from xxhash import xxh64_intdigest
 
-from vernacular.cache import UNREADABLE, cache_dir
+from vernacular.cache import UNREADABLE, cache_dir, save_arrays
 from vernacular.data.languages import ALL_LANGUAGES, from_langid_label
 from vernacular.data.pii import iban_valid, redact  # noqa: F401 (iban_valid: re-exported)
 from vernacular.data.robots import AI_USER_AGENTS, RobotsTxt, domain_of, in_blocklist
@@ -623,10 +622,7 @@ class EvalNGramIndexer(PipelineStep):
             except UNREADABLE:
                 hashes, n_lines, short = self.index(text.decode("utf-8"), config)
                 with contextlib.suppress(OSError):
-                    cached.parent.mkdir(parents=True, exist_ok=True)
-                    tmp = cached.with_name(f"{cached.stem}.{os.getpid()}.tmp.npz")
-                    np.savez(tmp, hashes=hashes, lines=np.array([n_lines, short]))
-                    os.replace(tmp, cached)
+                    save_arrays(cached, hashes=hashes, lines=np.array([n_lines, short]))
             self.stat_update("eval_lines", value=n_lines)
             name = task.replace("/", "__").replace(" ", "_")
             hashes.tofile(out / f"{name}.index.hashes")
