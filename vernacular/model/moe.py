@@ -35,7 +35,10 @@ def _grouped_mm_usable(x: torch.Tensor, w: torch.Tensor) -> bool:
 
 def grouped_matmul(x: torch.Tensor, w: torch.Tensor, counts: torch.Tensor, expert_of_row: torch.Tensor) -> torch.Tensor:
     """Rows of x [M, in] are sorted by expert (counts[e] rows for expert e); returns x_e @ w[e] for each block."""
-    if x.dtype == w.dtype and _grouped_mm_usable(x, w):
+    # Under torch.compile the fake-tensor kernel of _grouped_mm accepts only bf16 (torch 2.13), so a compiled fp32
+    # model takes the bmm path; a trace-time error would not reach the except below.
+    compiled_fp32 = torch.compiler.is_compiling() and x.dtype != torch.bfloat16
+    if x.dtype == w.dtype and not compiled_fp32 and _grouped_mm_usable(x, w):
         offs = torch.cumsum(counts, 0, dtype=torch.int32)
         try:
             return torch._grouped_mm(x.contiguous(), w, offs=offs)
