@@ -42,6 +42,22 @@ def test_muon_first_step_matches_the_formula():
     torch.testing.assert_close(w.detach(), expected)
 
 
+def test_muon_orthogonalises_fused_gate_and_up_one_by_one():
+    """An expert stack [E, H, gate | up] takes the step the two halves would take as separate parameters."""
+    torch.manual_seed(0)
+    fused = nn.Parameter(torch.randn(3, 16, 2 * 24))
+    fused.grad = torch.randn_like(fused)
+    gate, up = (nn.Parameter(t.detach().clone()) for t in fused.chunk(2, dim=-1))
+    gate.grad, up.grad = (g.clone() for g in fused.grad.chunk(2, dim=-1))
+    whole = nn.Parameter(fused.detach().clone())
+    whole.grad = fused.grad.clone()
+    Muon([fused], lr=0.01, weight_decay=0.1, fused={id(fused): 2}).step()
+    Muon([gate, up], lr=0.01, weight_decay=0.1).step()
+    Muon([whole], lr=0.01, weight_decay=0.1).step()
+    torch.testing.assert_close(fused.detach(), torch.cat([gate.detach(), up.detach()], dim=-1))
+    assert not torch.allclose(whole, fused), "without `fused` the stack is one matrix per expert"
+
+
 def test_muon_update_rms_matches_adamw_scale():
     """Moonlight's 0.2*sqrt(max(m,n)) scaling gives an update RMS of ~0.2*lr whatever the shape."""
     for shape in [(64, 256), (256, 64), (4, 64, 128)]:
@@ -88,5 +104,7 @@ def test_parameter_split_on_the_real_model():
     assert any("self_attn" in n for n in muon) and any("shared_experts" in n for n in muon)
     muon_opt, adamw = build_optimizers(model, OptimConfig(name="muon"))
     assert isinstance(muon_opt, Muon) and isinstance(adamw, torch.optim.AdamW)
+    fused = {n for n, p in model.named_parameters() if id(p) in muon_opt.fused}
+    assert fused and all(n.endswith("mlp.experts.gate_up_proj") for n in fused)
     (only,) = build_optimizers(model, OptimConfig(name="adamw"))
     assert sum(len(g["params"]) for g in only.param_groups) == len(list(model.parameters()))
