@@ -74,8 +74,13 @@ def test_report_shows_language_confusion_by_the_benchmark_rules(tmp_path, capsys
                  "per_language": {"deu": 0.75, "fra": 0.875}}
     (run / "metrics" / "sft_val.json").write_text(json.dumps({"step": 5, "tokens": 100, "val_loss": 2.0,
                                                                "language_confusion": confusion}))
+    details = [{"lang": "deu", "detected": "nld", "pass": False}, {"lang": "deu", "detected": "deu", "pass": True},
+               {"lang": "deu", "detected": "eng", "pass": False}, {"lang": "deu", "detected": "nld", "pass": False},
+               {"lang": "fra", "detected": "ita", "pass": None}]  # skipped: too short to score
+    (run / "metrics" / "language_confusion.json").write_text(json.dumps({**confusion, "details": details}))
     text = write_report(run).read_text()
     assert "**81.2%**" in text and "3 of them too short to score" in text and "all 10 counted: 60.0%" in text
-    assert "| deu | 75% |" in text and "50% of the answers ended" in text
+    assert "| deu | 75% | nld ×2, eng ×1 |" in text and "| fra | 88% |  |" in text
+    assert "50% of the answers ended" in text
     out = capsys.readouterr().out
     assert "line-level pass rate (LCB) 81.2% over 7 of 10 held-out questions" in out

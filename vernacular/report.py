@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import Counter
 from pathlib import Path
 
 
@@ -169,6 +170,19 @@ def _plot_bpb(bpb: dict[str, float], out: Path) -> None:
     plt.close(fig)
 
 
+def _confused_with(path: Path) -> dict[str, str]:
+    """Per question language, the languages its failed answers were identified as, most frequent first
+    ("ces ×5, slv ×1"): close neighbours merging (Slovak answered in Czech) show at a glance."""
+    from vernacular.run import read_json
+
+    if not path.exists():
+        return {}
+    counts: dict[str, Counter] = {}
+    for d in read_json(path).get("details", []):
+        if d.get("pass") is False and d.get("detected") and d["detected"] != d.get("lang"):
+            counts.setdefault(d["lang"], Counter())[d["detected"]] += 1
+    return {lang: ", ".join(f"{other} ×{n}" for other, n in c.most_common()) for lang, c in counts.items()}
+
 def _sft_section(run) -> list[str]:
     """Chat fine-tuning: the conversations used and rejected, held-out loss before/after, language confusion."""
     from vernacular.run import read_json
@@ -205,8 +219,10 @@ def _sft_section(run) -> list[str]:
                     f"{100 * confusion['response_pass_rate']:.1f}%."
                   + (f" {100 * confusion['stop_rate']:.0f}% of the answers ended on the end-of-turn token "
                      f"`<|end|>` (finish_reason `stop`)." if confusion.get("stop_rate") is not None else ""),
-                  "", "| language | pass rate |", "|---|---:|"]
-        lines += [f"| {lang} | {100 * r:.0f}% |" for lang, r in sorted(confusion.get("per_language", {}).items())]
+                  "", "| language | pass rate | failed answers identified as |", "|---|---:|---|"]
+        instead = _confused_with(run.metrics / "language_confusion.json")
+        lines += [f"| {lang} | {100 * r:.0f}% | {instead.get(lang, '')} |"
+                  for lang, r in sorted(confusion.get("per_language", {}).items())]
         lines += ["", "Every question and answer: `metrics/language_confusion.json`.", ""]
         from vernacular.sft.confusion import summary
 
