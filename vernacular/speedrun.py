@@ -30,7 +30,7 @@ PRETRAIN_ARGS = ["--lr", "1.2e-2", "--warmup", "5", "--eval-points", "8", "--eva
 # model mixing languages makes it forget language modelling; replay and WiSE-FT keep most of both. In the trials
 # (BENCHMARKS.md, "Language confusion") this gave a 72.9 % whole-answer pass rate at 3.29 FLORES bpb with 42 % of the
 # answers ending on <|end|>, where 3 passes at 4e-3 with WiSE-FT 0.5 and no replay gave 66.7 % at 3.35 with none
-# ending. Default speedruns scored 77-81 % by LCB's rules on the held-out demo questions, 66-75 % on 940 Tatoeba ones.
+# ending. Default speedruns scored 75-81 % by LCB's rules on the held-out demo questions, 66-75 % on 940 Tatoeba ones.
 SFT_ARGS = ["--lr", "8e-3", "--epochs", "1.4", "--replay", "50", "--mtp-weight", "0", "--mtp-weight-late", "0",
             "--wise-ft", "0.7"]
 
