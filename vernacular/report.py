@@ -183,6 +183,7 @@ def _confused_with(path: Path) -> dict[str, str]:
             counts.setdefault(d["lang"], Counter())[d["detected"]] += 1
     return {lang: ", ".join(f"{other} ×{n}" for other, n in c.most_common()) for lang, c in counts.items()}
 
+
 def _sft_section(run) -> list[str]:
     """Chat fine-tuning: the conversations used and rejected, held-out loss before/after, language confusion."""
     from vernacular.run import read_json
@@ -228,8 +229,8 @@ def _sft_section(run) -> list[str]:
 
         print(f"\nlanguage confusion: {summary(confusion)}")
     elif rate is not None:  # a run from before the LCB rules: whole answers, all counted
-        lines += [f"Language confusion (share of {confusion.get('answers')} held-out answers whose every line is in "
-                  f"the question's language): **{100 * rate:.1f}%**.", ""]
+        lines += [(f"Language confusion (share of {confusion.get('answers')} held-out answers whose every line is "
+                   f"in the question's language): **{100 * rate:.1f}%**."), ""]
     return lines
 
 
