@@ -112,11 +112,16 @@ def write_model_card(run, out) -> None:
 
 
 def _sft_line(sft: dict | None) -> str:
-    """The model card's fine-tuning cell: no, yes, or yes with the WiSE-FT interpolation the weights are."""
+    """The model card's fine-tuning cell: no, yes, or yes with the WiSE-FT interpolation and the language DPO the
+    weights went through."""
     if not sft:
         return "no"
-    wise = sft.get("wise_ft")
-    if not wise:
-        return "yes"
-    return (f"yes; the weights are WiSE-FT {wise['alpha']:g}: {1 - wise['alpha']:g} x the starting model + "
-            f"{wise['alpha']:g} x the fine-tuned one (`vernacular sft --wise-ft`)")
+    wise, dpo = sft.get("wise_ft"), sft.get("language_dpo")
+    line = "yes"
+    if wise:
+        line += (f"; the weights are WiSE-FT {wise['alpha']:g}: {1 - wise['alpha']:g} x the starting model + "
+                 f"{wise['alpha']:g} x the fine-tuned one (`vernacular sft --wise-ft`)")
+    if dpo:
+        line += (f"; then {dpo['steps']} steps of DPO (beta {dpo['beta']:g}) with {dpo['pairs']} of the model's own "
+                 f"wrong-language answers as rejected (`vernacular sft --language-dpo`)")
+    return line

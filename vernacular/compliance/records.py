@@ -60,7 +60,7 @@ def _latest_state(root: Path) -> dict[str, Any] | None:
         return None
     state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     return {k: state.get(k) for k in ("step", "tokens", "elapsed_s", "world_size", "model_config", "train_config",
-                                      "grad_accum", "wise_ft")} | {"path": str(path)}
+                                      "grad_accum", "wise_ft", "language_dpo")} | {"path": str(path)}
 
 
 @dataclass

@@ -35,6 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="add N continuation conversations per language made from the run's cleaned training text "
                         "(user: a line of a document, assistant: the next line): replay of pretraining text against "
                         "forgetting, and more examples of answering in the user's language (default: 0)")
+    parser.add_argument("--language-dpo", type=int, default=0, metavar="STEPS",
+                        help="after fine-tuning (and WiSE-FT), STEPS of DPO with the model's own wrong-language answers "
+                        "to the training questions as rejected and the reference answers as chosen: language "
+                        "preference tuning (default: 0, off)")
+    parser.add_argument("--dpo-beta", type=float, default=0.1, help="DPO's beta (default: 0.1, as TRL)")
+    parser.add_argument("--dpo-lr", type=float, default=1e-4, help="AdamW learning rate of the DPO steps (default: 1e-4)")
+    parser.add_argument("--rpo-alpha", type=float, default=1.0,
+                        help="weight of the chosen answers' NLL next to the DPO loss (TRL's rpo_alpha; default: 1)")
     add_loop_arguments(parser, batch_size=4, seq_len=512, lr=1e-3, warmup=5, eval_points=0,
                        length_help="; without --steps: --epochs passes over the conversations")
 
@@ -50,6 +58,9 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.replay < 0:
         print("error: --replay must be >= 0", file=sys.stderr)
+        return 2
+    if args.language_dpo < 0 or args.dpo_beta <= 0 or args.dpo_lr <= 0 or args.rpo_alpha < 0:
+        print("error: --language-dpo and --rpo-alpha must be >= 0, --dpo-beta and --dpo-lr > 0", file=sys.stderr)
         return 2
     try:
         cfg = config_from_args(args, default_steps=1)
@@ -70,7 +81,8 @@ def main(args: argparse.Namespace) -> int:
             result = finetune(args.run_dir, cfg, data=args.data, init_from=args.init_from,
                               val_fraction=args.val_fraction, epochs=args.epochs,
                               confusion_tokens=args.confusion_tokens, wise_ft=args.wise_ft,
-                              replay=args.replay)
+                              replay=args.replay, language_dpo=args.language_dpo,
+                              dpo_options={"beta": args.dpo_beta, "lr": args.dpo_lr, "rpo_alpha": args.rpo_alpha})
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -81,8 +93,15 @@ def main(args: argparse.Namespace) -> int:
               f"checkpoint {result['checkpoint']}")
         if "wise_ft" in result:
             loss = result.get("val_loss_fine_tuned")
-            print(f"WiSE-FT {result['wise_ft']}: serving and export take {result['checkpoint']} (fine-tuned weights: "
+            dpo = result.get("language_dpo")
+            print(f"WiSE-FT {result['wise_ft']}: " + (f"interpolated weights in {dpo['start']}" if dpo else
+                                                      f"serving and export take {result['checkpoint']}")
+                  + " (fine-tuned weights: "
                   f"{result['checkpoint_fine_tuned']}" + (f", held-out loss {loss:.4f})" if loss is not None else ")"))
+        if "language_dpo" in result:
+            dpo = result["language_dpo"]
+            print(f"language DPO: {dpo['steps']} steps on {dpo['pairs']} wrong-language answers; serving and export "
+                  f"take {result['checkpoint']}")
         if "val_loss" in result:
             start = result.get("val_loss_start")
             print(f"held-out assistant loss: {result['val_loss']:.4f} nats/token"

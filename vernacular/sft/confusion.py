@@ -78,6 +78,37 @@ def question(messages: list[dict]) -> list[dict]:
     return messages
 
 
+def greedy_answers(model, tokenizer, prompts: list[list[int]], max_tokens: int = 32,
+                   max_batch: int = 16) -> list[Any]:
+    """Greedy answers of the serving engine (`vernacular.serve.engine.Engine`, so what `vernacular serve` would
+    answer) to token-id prompts, in order: one `StepOutput` (`text`, `token_ids`, `finish_reason`) per prompt.
+    `model`: a checkpoint folder (verified by `load_model_for_serving`) or a loaded model; `tokenizer`: a
+    `ServingTokenizer`."""
+    import torch
+
+    from vernacular.serve.engine import Engine
+    from vernacular.serve.loading import load_model_for_serving
+    from vernacular.serve.sampling import SamplingParams
+
+    if not isinstance(model, torch.nn.Module):
+        model, _ = load_model_for_serving(model)
+    if not prompts:
+        return []
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    done = threading.Semaphore(0)
+    answers: dict[int, Any] = {}
+    with Engine(model, tokenizer, max_batch=max_batch, max_model_len=max(map(len, prompts)) + max_tokens) as engine:
+        for n, ids in enumerate(prompts):
+            def on_output(output, n=n):
+                answers[n] = output
+                done.release()
+
+            engine.submit(ids, params, on_output, stream=False)
+        for _ in prompts:
+            done.acquire()
+    return [answers[n] for n in range(len(prompts))]
+
+
 def language_confusion(checkpoint: str | Path, tokenizer_dir: str | Path, conversations: list, max_tokens: int = 32,
                        out: str | Path | None = None, max_batch: int = 16) -> dict[str, Any]:
     """Line-level pass rate (LCB's rules, see the module) of greedy answers to the conversations' opening questions.
@@ -89,13 +120,9 @@ def language_confusion(checkpoint: str | Path, tokenizer_dir: str | Path, conver
     {lang: LCB pass rate}}; with `out`, also writes every question, answer and verdict there (JSON; `pass` is None for
     a skipped answer)."""
     from vernacular.run import write_json
-    from vernacular.serve.engine import Engine
-    from vernacular.serve.loading import load_model_for_serving
-    from vernacular.serve.sampling import SamplingParams
     from vernacular.serve.text import ServingTokenizer
     from vernacular.tokenizer.chat import content_text, encode_chat
 
-    model, _ = load_model_for_serving(checkpoint)
     tokenizer = ServingTokenizer(tokenizer_dir)
     items = []
     for c in conversations:
@@ -106,19 +133,7 @@ def language_confusion(checkpoint: str | Path, tokenizer_dir: str | Path, conver
         if lang is None:
             continue
         items.append({"lang": lang, "question": q, "ids": encode_chat(tokenizer.tokenizer, q, True).ids})
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
-    done = threading.Semaphore(0)
-    answers: dict[int, Any] = {}
-    with Engine(model, tokenizer, max_batch=max_batch, max_model_len=max(len(i["ids"]) for i in items) + max_tokens
-                if items else None) as engine:
-        for n, item in enumerate(items):
-            def on_output(output, n=n):
-                answers[n] = output
-                done.release()
-
-            engine.submit(item["ids"], params, on_output, stream=False)
-        for _ in items:
-            done.acquire()
+    answers = greedy_answers(checkpoint, tokenizer, [i["ids"] for i in items], max_tokens, max_batch)
     per_lang: dict[str, list[bool]] = {}
     details = []
     for n, item in enumerate(items):

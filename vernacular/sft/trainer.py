@@ -84,7 +84,8 @@ def evaluate_loss(model: torch.nn.Module, batches: list[dict[str, torch.Tensor]]
 
 def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | None = None,
              init_from: str | Path | None = None, val_fraction: float = 0.1, epochs: float | None = None,
-             confusion_tokens: int = 32, wise_ft: float = 1.0, replay: int = 0) -> dict[str, Any]:
+             confusion_tokens: int = 32, wise_ft: float = 1.0, replay: int = 0,
+             language_dpo: int = 0, dpo_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune the run's model on chat conversations; returns the final metrics (also in metrics/sft_val.json).
 
     `wise_ft` < 1: after training, the model that serving and export take is the weight-space interpolation
@@ -92,6 +93,10 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
 
     `replay` > 0: add that many continuation conversations per language from the run's cleaned training text to the
     training conversations (`replay_conversations`); they are never held out.
+
+    `language_dpo` > 0: then that many steps of DPO on the model's own wrong-language answers to the training
+    conversations (`vernacular.sft.preference.language_dpo`, options `dpo_options`: beta, lr, rpo_alpha); serving and
+    export take its checkpoint.
 
     `data`: JSONL files or folders (default: the embedded demo conversations). `epochs`: when `cfg` gives no steps,
     train this many passes over the packed training conversations (a `cfg.minutes` budget still stops it earlier). `confusion_tokens`: greedy
@@ -186,6 +191,18 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
                       val_loss_fine_tuned=result.get("val_loss"))
         if held_out:
             result["val_loss"] = evaluate_loss(load_model_for_serving(merged)[0], held_out)
+    if language_dpo and main_rank:
+        from .preference import language_dpo as run_language_dpo
+
+        own = [c for c in ds.train if not c.source.startswith("replay:")]
+        dpo = run_language_dpo(run, Path(result["checkpoint"]), own, language_dpo, seed=cfg.seed,
+                               progress=cfg.progress, **(dpo_options or {}))
+        result.update(checkpoint=dpo["checkpoint"], language_dpo={k: v for k, v in dpo.items() if k != "checkpoint"})
+        if held_out:
+            from vernacular.serve.loading import load_model_for_serving
+
+            result["val_loss_before_dpo"] = result.get("val_loss")
+            result["val_loss"] = evaluate_loss(load_model_for_serving(dpo["checkpoint"])[0], held_out)
     if confusion_tokens and ds.val and main_rank:
         from .confusion import language_confusion
 
