@@ -389,3 +389,97 @@ def test_line_level_pass_follows_the_language_confusion_benchmark_rules():
     assert line_level_pass("Ja, gut.", "deu") is None and line_level_pass("", "deu") is None  # skipped
     assert lcb_lines("a, b; c. d! e?") == ["a b c d e"] and lcb_lines("a b c d") == []
     assert response_pass(deu[0], "deu") and not response_pass("", "deu") and not response_pass(eng[0], "deu")
+
+
+def test_dpo_loss_is_the_papers_sigmoid_loss():
+    """DPO (Rafailov et al., 2023, eq. 7): -log sigmoid(beta * ((pc - rc) - (pr - rr))), averaged over pairs."""
+    from vernacular.sft.preference import dpo_loss
+
+    pc, pr = torch.tensor([-10.0, -4.0]), torch.tensor([-12.0, -2.0])  # margins: (1 - -1) = 2 and (1 - 1) = 0
+    rc, rr = torch.tensor([-11.0, -5.0]), torch.tensor([-11.0, -3.0])
+    expected = -(torch.nn.functional.logsigmoid(torch.tensor(0.1 * 2.0))
+                 + torch.nn.functional.logsigmoid(torch.tensor(0.1 * 0.0))) / 2
+    torch.testing.assert_close(dpo_loss(pc, pr, rc, rr, beta=0.1), expected)
+    assert float(dpo_loss(rc, rr, rc, rr, beta=0.5)) == pytest.approx(0.6931472)  # policy == reference: log 2
+
+
+class _Answer:
+    def __init__(self, text: str):
+        self.text, self.finish_reason = text, "length"
+
+
+ENGLISH = "The weather is very nice today and we are going for a long walk in the park"
+
+
+def _english_answers(monkeypatch) -> list[int]:
+    """The model 'answers' every question in English (the serving engine's greedy pass replaced); returns the number
+    of prompts it was asked."""
+    from vernacular.sft import confusion
+
+    asked = []
+
+    def fake(model, tokenizer, prompts, max_tokens=32, max_batch=16):
+        asked.append(len(prompts))
+        return [_Answer(ENGLISH) for _ in prompts]
+
+    monkeypatch.setattr(confusion, "greedy_answers", fake)
+    return asked
+
+
+def test_language_preference_pairs_reject_the_models_wrong_language_answers(pretrained, monkeypatch):
+    """A pair for every training question answered in another language (LCB's line rule): chosen the conversation's
+    own first answer, rejected the model's; the labels are each answer's tokens and its end-of-turn token."""
+    from vernacular.sft.data import expand_sources, load_conversations
+    from vernacular.sft.preference import _batch, language_preference_pairs
+    from vernacular.tokenizer import load
+
+    _english_answers(monkeypatch)
+    tok = load(pretrained / "tokenizer")
+    ds = load_conversations(expand_sources([FIXTURES]), tok, max_tokens=257, val_fraction=0.0)
+    pairs, wrong = language_preference_pairs(torch.nn.Linear(1, 1), pretrained / "tokenizer", ds.train)
+    non_english = [c for c in ds.train if c.lang != "eng"]
+    assert set(wrong) == {"deu", "fra"} and sum(wrong.values()) == len(pairs) == len(non_english)
+    for (chosen, rejected), c in zip(pairs, non_english):
+        first = next(m for m in c.messages if m["role"] == "assistant")
+        text = first["content"] if isinstance(first["content"], str) else first["content"][0]["text"]
+        for enc, answer in ((chosen, text), (rejected, ENGLISH)):
+            ids, labels = _batch([enc])
+            target = labels[0][labels[0] != -100].tolist()
+            assert tok.decode(target[:-1]) == answer and tok.id_to_token(target[-1]) == "<|end|>"
+        assert chosen.ids[: chosen.assistant_mask.index(1)] == rejected.ids[: rejected.assistant_mask.index(1)]
+
+
+def test_sft_language_dpo_serves_its_checkpoint_and_is_deterministic(pretrained, tmp_path, monkeypatch):
+    """`vernacular sft --language-dpo 4`: the DPO steps start at loss log 2 (the policy is its reference), push the
+    chosen answers above the rejected ones, write a verified `dpo-*` checkpoint that serving, export and the model
+    card take, and the same command gives the same weights."""
+    from safetensors.torch import load_file
+
+    from vernacular.cli import main
+    from vernacular.compliance.model_card import model_card
+    from vernacular.compliance.records import collect
+    from vernacular.train.checkpoint import MODEL_FILE, find_resumable, latest_model_checkpoint, verify_checkpoint
+
+    weights = []
+    for name in ("dpo_a", "dpo_b"):
+        asked = _english_answers(monkeypatch)
+        run = _copy(pretrained, tmp_path, name)
+        assert main(["sft", "--run-dir", str(run), "--data", str(FIXTURES), "--steps", "2", "--confusion-tokens", "0",
+                     "--wise-ft", "0.5", "--language-dpo", "4", "--dpo-lr", "1e-3", *SFT_ARGS]) == 0
+        served = latest_model_checkpoint(run)
+        assert served == run / "checkpoints" / "sft" / "dpo-wise_ft-step_000002"
+        verify_checkpoint(served)
+        assert find_resumable(run / "checkpoints" / "sft").name == "step_000002"
+        assert asked == [30]  # every training conversation's opening question, once
+        steps = [json.loads(line) for line in (run / "metrics" / "sft_dpo.jsonl").read_text().splitlines()]
+        assert [s["step"] for s in steps] == [1, 2, 3, 4]
+        assert steps[0]["dpo_loss"] == pytest.approx(0.6931472, abs=1e-5)
+        assert steps[-1]["dpo_loss"] < 0.69 and steps[-1]["reward_margin"] > 0
+        result = json.loads((run / "metrics" / "sft_val.json").read_text())
+        assert result["checkpoint"] == str(served) and result["language_dpo"]["pairs"] == 20
+        assert "val_loss_before_dpo" in result
+        assert "4 steps of DPO (beta 0.1) with 20 of the model's own wrong-language answers" in model_card(collect(run))
+        weights.append(load_file(served / MODEL_FILE))
+    start = load_file(run / "checkpoints" / "sft" / "wise_ft-step_000002" / MODEL_FILE)
+    assert any(not torch.equal(start[k], weights[0][k]) for k in start)
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -32,7 +32,7 @@ PRETRAIN_ARGS = ["--lr", "1.2e-2", "--warmup", "5", "--eval-points", "8", "--eva
 # answers ending on <|end|>, where 3 passes at 4e-3 with WiSE-FT 0.5 and no replay gave 66.7 % at 3.35 with none
 # ending. Default speedruns scored 75-81 % by LCB's rules on the held-out demo questions, 66-75 % on 940 Tatoeba ones.
 SFT_ARGS = ["--lr", "8e-3", "--epochs", "1.4", "--replay", "50", "--mtp-weight", "0", "--mtp-weight-late", "0",
-            "--wise-ft", "0.7"]
+            "--wise-ft", "0.7", "--language-dpo", "40"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         ".jsonl[.gz|.zst] or .parquet files, or hf:<dataset>[:<config>]",
     )
     parser.add_argument("--config", default="tiny", help="model preset or config file (default: tiny)")
-    parser.add_argument("--minutes", type=float, default=7.0, help="wall-clock budget of pretraining (default: 7)")
+    parser.add_argument("--minutes", type=float, default=6.5, help="wall-clock budget of pretraining (default: 6.5)")
     parser.add_argument("--sft-minutes", type=float, default=4.25,
                         help="wall-clock cap of chat fine-tuning (default: 4.25; it stops after 1.4 passes, ~4 min on "
                         "2 quiet cores)")

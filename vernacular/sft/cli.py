@@ -41,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "preference tuning (default: 0, off)")
     parser.add_argument("--dpo-beta", type=float, default=0.1, help="DPO's beta (default: 0.1, as TRL)")
     parser.add_argument("--dpo-lr", type=float, default=1e-4, help="AdamW learning rate of the DPO steps (default: 1e-4)")
+    parser.add_argument("--dpo-batch-size", type=int, default=8, help="preference pairs per DPO step (default: 8)")
     parser.add_argument("--rpo-alpha", type=float, default=1.0,
                         help="weight of the chosen answers' NLL next to the DPO loss (TRL's rpo_alpha; default: 1)")
     add_loop_arguments(parser, batch_size=4, seq_len=512, lr=1e-3, warmup=5, eval_points=0,
@@ -59,8 +60,9 @@ def main(args: argparse.Namespace) -> int:
     if args.replay < 0:
         print("error: --replay must be >= 0", file=sys.stderr)
         return 2
-    if args.language_dpo < 0 or args.dpo_beta <= 0 or args.dpo_lr <= 0 or args.rpo_alpha < 0:
-        print("error: --language-dpo and --rpo-alpha must be >= 0, --dpo-beta and --dpo-lr > 0", file=sys.stderr)
+    if args.language_dpo < 0 or args.dpo_beta <= 0 or args.dpo_lr <= 0 or args.rpo_alpha < 0 or args.dpo_batch_size < 1:
+        print("error: --language-dpo and --rpo-alpha must be >= 0, --dpo-beta and --dpo-lr > 0, --dpo-batch-size >= 1",
+              file=sys.stderr)
         return 2
     try:
         cfg = config_from_args(args, default_steps=1)
@@ -82,7 +84,8 @@ def main(args: argparse.Namespace) -> int:
                               val_fraction=args.val_fraction, epochs=args.epochs,
                               confusion_tokens=args.confusion_tokens, wise_ft=args.wise_ft,
                               replay=args.replay, language_dpo=args.language_dpo,
-                              dpo_options={"beta": args.dpo_beta, "lr": args.dpo_lr, "rpo_alpha": args.rpo_alpha})
+                              dpo_options={"beta": args.dpo_beta, "lr": args.dpo_lr, "rpo_alpha": args.rpo_alpha,
+                                           "batch_size": args.dpo_batch_size})
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -47,11 +47,19 @@ def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, referen
 def answer_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed log-probability [B] of the labelled tokens, number of labelled tokens [B]) of each row.
-    `input_ids`, `labels` [B, T]; labels are IGNORE_INDEX outside the answer (as `conversation_tensors` makes them)."""
-    logits = model(input_ids).logits.float()
+    `input_ids`, `labels` [B, T]; labels are IGNORE_INDEX outside the answer (as `conversation_tensors` makes them).
+    The LM head runs only at the answer positions (`Transformer.forward`'s `logits_at`)."""
     keep = labels != IGNORE_INDEX
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.clamp(min=0)[..., None])[..., 0]
-    return (logp * keep).sum(1), keep.sum(1)
+    counts = keep.sum(1)
+    width = max(1, int(counts.max()))
+    # each row's answer positions, in order, padded with position 0 (masked out below)
+    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)[:, :width]
+    valid = torch.arange(width)[None] < counts[:, None]
+    index = torch.where(valid, order, 0)
+    logits = model(input_ids, logits_at=index).logits.float()
+    targets = labels.gather(1, index).clamp(min=0)
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, targets[..., None])[..., 0]
+    return (logp * valid).sum(1), counts
 
 
 def _batch(encodings: list) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +94,7 @@ def language_preference_pairs(model: torch.nn.Module, tokenizer_dir: str | Path,
             continue
         reference = content_text(c.messages[len(q)]["content"])
         items.append((c.lang, q, reference, encode_chat(tokenizer.tokenizer, q, True).ids))
-    answers = greedy_answers(model, tokenizer, [i[3] for i in items], max_tokens)
+    answers = greedy_answers(model, tokenizer, [i[3] for i in items], max_tokens, max_batch=64)
     pairs, wrong = [], {}
     for (lang, q, reference, _), answer in zip(items, answers):
         if line_level_pass(answer.text, lang) is not False:
@@ -100,7 +108,7 @@ def language_preference_pairs(model: torch.nn.Module, tokenizer_dir: str | Path,
 
 
 def language_dpo(run, start: Path, conversations: list, steps: int, beta: float = 0.1, lr: float = 1e-4,
-                 rpo_alpha: float = 1.0, batch_size: int = 16, warmup: int = 5, seed: int = 0,
+                 rpo_alpha: float = 1.0, batch_size: int = 8, warmup: int = 5, seed: int = 0,
                  max_tokens: int = 32, max_len: int = 512, progress: bool = True) -> dict[str, Any]:
     """Language preference tuning of the checkpoint `start` (see the module); returns {"checkpoint" (the new one, or
     `start` when the model answered every question in its language), "pairs", "wrong_answers" {lang: n}, "steps",
@@ -125,6 +133,15 @@ def language_dpo(run, start: Path, conversations: list, steps: int, beta: float 
           f"({', '.join(f'{k} {v}' for k, v in wrong.items()) or 'none'})", file=sys.stderr, flush=True)
     if not pairs:
         return result
+    # the reference is frozen: its log-probabilities of every pair are computed once (TRL's precompute_ref_log_probs)
+    reference_logp = torch.empty(len(pairs), 2)
+    with torch.no_grad():
+        for start_row in range(0, len(pairs), batch_size):
+            chunk = pairs[start_row:start_row + batch_size]
+            ids, labels = _batch([c for c, _ in chunk] + [r for _, r in chunk])
+            logp, _ = answer_logprobs(reference, ids, labels)
+            reference_logp[start_row:start_row + len(chunk)] = logp.view(2, -1).T
+    del reference
     policy.train()
     optimizer = torch.optim.AdamW(policy.parameters(), lr=lr, weight_decay=0.0)
     order: list[int] = []
@@ -134,15 +151,15 @@ def language_dpo(run, start: Path, conversations: list, steps: int, beta: float 
     for step in range(steps):
         if len(order) < min(batch_size, len(pairs)):
             order += rng.sample(range(len(pairs)), len(pairs))
-        chunk = [pairs[i] for i in order[:batch_size]]
+        rows = order[:batch_size]
         del order[:batch_size]
+        chunk = [pairs[i] for i in rows]
         ids, labels = _batch([c for c, _ in chunk] + [r for _, r in chunk])
         step_lr = lr * min(1.0, (step + 1) / max(1, warmup)) * (1 - step / steps)
         for group in optimizer.param_groups:
             group["lr"] = step_lr
         logp, n_tokens = answer_logprobs(policy, ids, labels)
-        with torch.no_grad():
-            ref_logp, _ = answer_logprobs(reference, ids, labels)
+        ref_logp = reference_logp[rows].T.reshape(-1)
         p = len(chunk)
         loss_dpo = dpo_loss(logp[:p], logp[p:], ref_logp[:p], ref_logp[p:], beta)
         nll = -logp[:p].sum() / n_tokens[:p].sum()
