@@ -4,8 +4,9 @@ Like nanochat's speedrun.sh, this is only the stages in order. Each stage is run
 would type, and the command is printed first, so anything the speedrun does can be repeated (or changed) by hand.
 The default is the embedded corpus (NTREX-128 news articles in the 24 official EU languages, ~6.6 MB of training
 text, ~2.2 M tokens at vocabulary 8192) and the tiny preset, sized to finish within 15 minutes on 2 CPU cores: the
-7-minute pretraining reads well under one pass of the training tokens, so no token is read twice, and the validation
-curve (8 points plus the end) is still falling when the budget ends; chat fine-tuning then takes ~4 minutes.
+6.5-minute pretraining reads well under one pass of the training tokens, so no token is read twice, and the validation
+curve (8 points plus the end) is still falling when the budget ends; chat fine-tuning, then language DPO, take ~5
+minutes.
 """
 
 from __future__ import annotations
