@@ -479,6 +479,8 @@ def test_sft_language_dpo_serves_its_checkpoint_and_is_deterministic(pretrained,
         assert result["checkpoint"] == str(served) and result["language_dpo"]["pairs"] == 20
         assert "val_loss_before_dpo" in result
         assert "4 steps of DPO (beta 0.1) with 20 of the model's own wrong-language answers" in model_card(collect(run))
+        assert main(["report", "--run-dir", str(run)]) == 0
+        assert "Language DPO (`--language-dpo`): 4 steps on 20 of" in (run / "report" / "report.md").read_text()
         weights.append(load_file(served / MODEL_FILE))
     start = load_file(run / "checkpoints" / "sft" / "wise_ft-step_000002" / MODEL_FILE)
     assert any(not torch.equal(start[k], weights[0][k]) for k in start)

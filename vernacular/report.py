@@ -208,6 +208,14 @@ def _sft_section(run) -> list[str]:
             line += f" (before fine-tuning: {val['val_loss_start']:.4f})"
         line += "."
     lines += ["", line, ""]
+    dpo = val.get("language_dpo")
+    if dpo:
+        wrong = ", ".join(f"{lang} {n}" for lang, n in dpo.get("wrong_answers", {}).items())
+        lines += [f"Language DPO (`--language-dpo`): {dpo.get('steps')} steps on {dpo.get('pairs')} of the model's own "
+                  f"answers to its training questions that were in another language ({wrong or 'none'}), each the "
+                  f"rejected side against the reference answer"
+                  + (f"; held-out loss before DPO {val['val_loss_before_dpo']:.4f}"
+                     if isinstance(val.get("val_loss_before_dpo"), (int, float)) else "") + ".", ""]
     confusion = val.get("language_confusion") or {}
     rate = confusion.get("line_level_pass_rate")
     if confusion.get("answers") and confusion.get("answers_scored") is not None:  # older runs lack the counts
