@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "to the training questions as rejected and the reference answers as chosen: language "
                         "preference tuning (default: 0, off)")
     parser.add_argument("--dpo-beta", type=float, default=0.1, help="DPO's beta (default: 0.1, as TRL)")
-    parser.add_argument("--dpo-lr", type=float, default=1e-4, help="AdamW learning rate of the DPO steps (default: 1e-4)")
+    parser.add_argument("--dpo-lr", type=float, default=1e-4,
+                        help="AdamW learning rate of the DPO steps (default: 1e-4)")
     parser.add_argument("--dpo-batch-size", type=int, default=8, help="preference pairs per DPO step (default: 8)")
     parser.add_argument("--rpo-alpha", type=float, default=1.0,
                         help="weight of the chosen answers' NLL next to the DPO loss (TRL's rpo_alpha; default: 1)")

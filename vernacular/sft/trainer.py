@@ -95,8 +95,8 @@ def finetune(run_dir: str | Path, cfg: TrainConfig, data: list[str | Path] | Non
     training conversations (`replay_conversations`); they are never held out.
 
     `language_dpo` > 0: then that many steps of DPO on the model's own wrong-language answers to the training
-    conversations (`vernacular.sft.preference.language_dpo`, options `dpo_options`: beta, lr, rpo_alpha); serving and
-    export take its checkpoint.
+    conversations (`vernacular.sft.preference.language_dpo`; `dpo_options`: its beta, lr, rpo_alpha, batch_size);
+    serving and export take its checkpoint.
 
     `data`: JSONL files or folders (default: the embedded demo conversations). `epochs`: when `cfg` gives no steps,
     train this many passes over the packed training conversations (a `cfg.minutes` budget still stops it earlier). `confusion_tokens`: greedy
