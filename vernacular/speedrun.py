@@ -33,9 +33,9 @@ PRETRAIN_ARGS = ["--lr", "1.2e-2", "--warmup", "5", "--eval-points", "8", "--eva
 # answers ending on <|end|>, where 3 passes at 4e-3 with WiSE-FT 0.5 and no replay gave 66.7 % at 3.35 with none
 # ending. Without DPO, default speedruns scored 75-81 % by LCB's rules on the held-out demo questions, 66-75 % on 940
 # Tatoeba ones. Then 40 steps of language DPO (8 pairs each: the model's own wrong-language answers to its training
-# questions as the rejected side, `sft --language-dpo`, ~1 min): +4 to +13 points on the demo set, +1.5 to +4 on
-# Tatoeba in the trials (BENCHMARKS.md, "Language confusion"); pretraining gave up 30 s (7 -> 6.5 min) for it to fit
-# the 15 minutes.
+# questions as the rejected side, `sft --language-dpo`, ~1 min): on four speedrun models the demo figure went from
+# 79.1 % to 83.4 % on average (-5 to +12 points) and Tatoeba rose 1.5 to 4 points on each (BENCHMARKS.md, "Language
+# confusion"); pretraining gave up 30 s (7 -> 6.5 min) for it to fit the 15 minutes.
 SFT_ARGS = ["--lr", "8e-3", "--epochs", "1.4", "--replay", "50", "--mtp-weight", "0", "--mtp-weight-late", "0",
             "--wise-ft", "0.7", "--language-dpo", "40"]
 
