@@ -23,7 +23,6 @@ names it `latest`, so serving and export take it; `--resume` of the SFT stage st
 from __future__ import annotations
 
 import random
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -63,15 +62,13 @@ def answer_logprobs(model: torch.nn.Module, input_ids: torch.Tensor, labels: tor
 
 
 def _batch(encodings: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded next-token inputs and answer-only labels [B, T] of `ChatEncoding`s."""
-    width = max(len(e.ids) for e in encodings) - 1
-    ids = torch.zeros(len(encodings), width, dtype=torch.long)
-    labels = torch.full((len(encodings), width), IGNORE_INDEX, dtype=torch.long)
-    for row, e in enumerate(encodings):
-        x = torch.tensor(e.ids)
-        mask = torch.tensor(e.assistant_mask, dtype=torch.bool)
-        ids[row, : len(x) - 1] = x[:-1]
-        labels[row, : len(x) - 1] = torch.where(mask[1:], x[1:], IGNORE_INDEX)
+    """Right-padded next-token inputs and answer-only labels [B, T] of `ChatEncoding`s (`conversation_tensors`)."""
+    from .data import PAD_ID, conversation_tensors
+
+    rows = [conversation_tensors(e)[:2] for e in encodings]
+    width = max(len(inputs) for inputs, _ in rows)
+    ids = torch.tensor([inputs + [PAD_ID] * (width - len(inputs)) for inputs, _ in rows], dtype=torch.long)
+    labels = torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for _, lab in rows], dtype=torch.long)
     return ids, labels
 
 
@@ -116,7 +113,6 @@ def language_dpo(run, start: Path, conversations: list, steps: int, beta: float 
     0; gradient norm clipped at 1; `batch_size` pairs per step, reshuffled every pass (seeded)."""
     from tqdm import tqdm
 
-    from vernacular.run import read_json
     from vernacular.serve.loading import load_model_for_serving
     from vernacular.train import checkpoint as ckpt
     from vernacular.train.metrics import MetricsLogger
@@ -178,13 +174,8 @@ def language_dpo(run, start: Path, conversations: list, steps: int, beta: float 
         bar.update(1)
     bar.close()
     logger.close()
-    state = {k: v for k, v in read_json(start / ckpt.STATE_FILE).items() if k not in ("files", "optimizer_scalars")}
-    state["language_dpo"] = {k: result[k] for k in ("pairs", "beta", "lr", "rpo_alpha")} | {"steps": steps,
-                                                                                          "start": str(start)}
-    root = start.parent
-    for old in root.glob("dpo-*"):
-        shutil.rmtree(old, ignore_errors=True)
     weights = {k: v.detach().contiguous() for k, v in policy.state_dict().items()}
-    path = ckpt.save_checkpoint(root, int(state["step"]), weights, {}, state, name=f"dpo-{start.name}")
+    record = {k: result[k] for k in ("pairs", "beta", "lr", "rpo_alpha")} | {"steps": steps, "start": str(start)}
+    path = ckpt.save_derived_checkpoint(start, weights, "dpo", "language_dpo", record)
     result.update(checkpoint=str(path), steps=steps, final=record)
     return result

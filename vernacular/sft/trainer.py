@@ -228,12 +228,8 @@ def wise_ft_checkpoint(fine_tuned: Path, start: dict[str, torch.Tensor], alpha: 
         raise ValueError(f"{fine_tuned}: weights differ from the starting model's "
                          f"({sorted(set(tuned) ^ set(start))[:5]})")
     merged = {k: torch.lerp(start[k].to(v.dtype), v, alpha) if v.is_floating_point() else v for k, v in tuned.items()}
-    state = {k: v for k, v in read_json(fine_tuned / ckpt.STATE_FILE).items() if k not in ("files", "optimizer_scalars")}
-    state["wise_ft"] = {"alpha": alpha, "start": str(start_path), "fine_tuned": str(fine_tuned)}
-    root = fine_tuned.parent
-    for old in root.glob("wise_ft-*"):
-        shutil.rmtree(old, ignore_errors=True)
-    return ckpt.save_checkpoint(root, int(state["step"]), merged, {}, state, name=f"wise_ft-{fine_tuned.name}")
+    return ckpt.save_derived_checkpoint(fine_tuned, merged, "wise_ft", "wise_ft",
+                                        {"alpha": alpha, "start": str(start_path), "fine_tuned": str(fine_tuned)})
 
 
 def _read_jsonl(path: Path) -> list[dict]:

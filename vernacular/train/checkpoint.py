@@ -151,6 +151,23 @@ def save_checkpoint(root: Path, step: int, model_state: dict[str, torch.Tensor],
     return final
 
 
+def save_derived_checkpoint(source: Path, weights: dict[str, torch.Tensor], prefix: str, key: str,
+                            record: dict[str, Any]) -> Path:
+    """Weights derived from checkpoint `source` after training (WiSE-FT, language DPO), written next to it as
+    `<prefix>-<source name>/` with `save_checkpoint` (same layout and checksums, no optimizer state) and named by
+    `latest`, so serving and export take them. Its state.json is `source`'s (step, configs, ...) without the file list
+    and optimizer scalars, plus `record` under `key`. Older `<prefix>-*` folders are removed first."""
+    from vernacular.run import read_json
+
+    source = Path(source)
+    state = {k: v for k, v in read_json(source / STATE_FILE).items() if k not in ("files", "optimizer_scalars")}
+    state[key] = record
+    root = source.parent
+    for old in root.glob(f"{prefix}-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    return save_checkpoint(root, int(state["step"]), weights, {}, state, name=f"{prefix}-{source.name}")
+
+
 def flatten_optimizer_state(optim_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """{"state": {fqn: {key: value}}, "param_groups": [...]} -> ({"state.<fqn>.<key>": tensor}, JSON-able rest)."""
     tensors: dict[str, torch.Tensor] = {}
